@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# test-deps.sh: install what the tests need when it is missing, or fail loudly.
+# Tools: qemu-img and qemu-io (qemu-utils), genisoimage and xorriso (ISO fixtures), tar.
+# apt-get update runs at most once per call, and only when something is missing.
+set -euo pipefail
+
+need=()
+command -v qemu-img  >/dev/null || need+=(qemu-utils)
+command -v qemu-io   >/dev/null || need+=(qemu-utils)
+command -v genisoimage >/dev/null || need+=(genisoimage)
+command -v xorriso   >/dev/null || need+=(xorriso)
+command -v tar       >/dev/null || need+=(tar)
+command -v bzip2     >/dev/null || need+=(bzip2)
+
+if [ ${#need[@]} -eq 0 ]; then
+	exit 0
+fi
+# de-duplicate
+mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+echo "test-deps: installing ${need[*]}" >&2
+sudo=
+if [ "$(id -u)" != 0 ]; then
+	if command -v sudo >/dev/null; then sudo="sudo -n"; else
+		echo "test-deps: need root (or sudo) to install ${need[*]}; install them and run make test again" >&2
+		exit 1
+	fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+if ! $sudo apt-get update -qq; then
+	echo "test-deps: apt-get update failed; cannot install ${need[*]}" >&2
+	exit 1
+fi
+if ! $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; then
+	echo "test-deps: apt-get install ${need[*]} failed" >&2
+	exit 1
+fi
+for t in qemu-img qemu-io genisoimage xorriso tar; do
+	command -v "$t" >/dev/null || { echo "test-deps: $t still missing after install" >&2; exit 1; }
+done
