@@ -272,3 +272,7 @@ func CopyTo(t testing.TB, src, dir, name string) string {
 	}
 	return p
 }
+
+// SharedDirOrEmpty returns ../shared, or "" when it is not there (for optional uses such as
+// fuzz seeds; tests that depend on the samples call SharedDir).
+func SharedDirOrEmpty() string { return sharedDir() }
