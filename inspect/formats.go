@@ -175,6 +175,9 @@ type OpenOptions struct {
 	MaxChainDepth int
 	// MaxVirtualSize, when above zero, makes a larger virtual size a FindVirtualSize finding.
 	MaxVirtualSize int64
+	// Disk picks the disk of a container (an OVA) that ReadAt and Extent read: its member
+	// name in the archive or its 0-based index among the OVF's disks. Empty means the first.
+	Disk string
 	// Logger receives warnings about oddities that are not errors; nil discards them.
 	Logger *slog.Logger
 
