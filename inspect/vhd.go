@@ -31,10 +31,10 @@ import (
 //   - The footer is the copy at offset 0 when the file starts with "conectix"; qemu then
 //     always parses the dynamic header, whatever the footer's disk type. Otherwise it is
 //     the 512 bytes at the end of the file, where qemu's length is rounded up to whole
-//     sectors (bytes past the end read as zeros). A bad footer checksum fails the open.
+//     sectors (bytes past the end read as zeros), and must say "fixed". A bad footer
+//     checksum fails the open.
 //   - Reads go through the BAT unless the footer's disk type is fixed (2); a fixed disk
-//     reads the file itself from offset 0, zeros past its end. A non-fixed disk without a
-//     header copy at 0 has no BAT: it reads as zeros.
+//     reads the file itself from offset 0, zeros past its end.
 //   - Sector bitmaps are ignored when reading a dynamic disk: an allocated block reads
 //     entirely from the file, an unallocated one as zeros. Only a differencing disk, which
 //     qemu reads as if it had no parent, consults them (glimpse follows the parent).
@@ -105,8 +105,9 @@ const (
 	vhdMaxGeometry = 65535 * 16 * 255
 	// vhdMaxTableEntries is qemu's bound (INT_MAX / 4): more entries fail to open.
 	vhdMaxTableEntries = 0x7fffffff / 4
-	// vhdMaxLocatorData bounds a parent locator's data: a path of 32767 UTF-16 units.
-	vhdMaxLocatorData = 64 << 10
+	// vhdMaxLocatorData bounds a parent locator's data: 2048 UTF-16 units, far beyond the
+	// paths Windows tools write (MAX_PATH is 260), and small enough for the stream inspector.
+	vhdMaxLocatorData = 4 << 10
 	// vhdTimeBase is the VHD epoch, 2000-01-01 00:00:00 UTC, in Unix seconds.
 	vhdTimeBase = 946684800
 )
@@ -423,9 +424,10 @@ func openVHD(o *opener) (core, error) {
 			return nil, err
 		}
 	case f.diskType != vhdFixed:
-		c.finds = append(c.finds, Finding{FindMalformed, fmt.Sprintf(
-			"the footer says %s disk, but the file has no footer copy and dynamic header at its start: qemu reads it as all zeros",
-			vhdDiskTypeName(f.diskType))})
+		// qemu: "invalid VPC image"; only a fixed disk has no footer copy at 0.
+		return nil, o.ferr(VHD, "footer", "disk_type", c.footerAt+60, f.diskType,
+			"(%s) needs a footer copy and a dynamic header at the start of the file; only a fixed disk has its footer at the end alone",
+			vhdDiskTypeName(f.diskType))
 	case o.sizeKnown && c.virtual > c.footerAt:
 		c.finds = append(c.finds, Finding{FindPastEOF, fmt.Sprintf(
 			"fixed disk of %d bytes, but the file holds only %d bytes of data before its footer", c.virtual, c.footerAt)})
@@ -450,13 +452,18 @@ func (c *vhdCore) openHeader(o *opener) error {
 		return o.ferr(VHD, "footer", "data_offset", 16, f.dataOffset, "is not a file offset")
 	}
 	c.hdrOffset = int64(f.dataOffset)
-	if o.pastEOF(c.hdrOffset, vhdHeaderSize) {
+	if o.sizeKnown && c.hdrOffset >= o.size {
 		return o.ferr(VHD, "footer", "data_offset", 16, f.dataOffset,
 			"places the dynamic disk header past the end of the file (%d bytes)", o.size)
 	}
-	b, err := readAt(o.r, c.hdrOffset, vhdHeaderSize, VHD, "dynamic disk header")
+	// qemu reads what there is and zeros past the end of the file.
+	b, err := vhdReadZeroFill(o.r, c.hdrOffset, vhdHeaderSize, "dynamic disk header")
 	if err != nil {
 		return err
+	}
+	if o.pastEOF(c.hdrOffset, vhdHeaderSize) {
+		c.finds = append(c.finds, Finding{FindPastEOF, fmt.Sprintf(
+			"the dynamic disk header at offset %d runs past the end of the file (%d bytes)", c.hdrOffset, o.size)})
 	}
 	if !bytes.Equal(b[:8], vhdDynCookie) {
 		return o.ferr(VHD, "dynamic disk header", "cookie", c.hdrOffset, fmt.Sprintf("%q", b[:8]), "is not \"cxsparse\"")
@@ -525,8 +532,8 @@ func (c *vhdCore) openHeader(o *opener) error {
 		switch {
 		case e.length == 0:
 		case e.length > vhdMaxLocatorData:
-			c.finds = append(c.finds, Finding{FindMalformed, fmt.Sprintf(
-				"parent locator %d at offset %d: data length %d is longer than any path (limit %d bytes)", i, entryOff, e.length, vhdMaxLocatorData)})
+			c.finds = append(c.finds, Finding{FindTooLarge, fmt.Sprintf(
+				"parent locator %d at offset %d: data length %d is longer than glimpse reads (%d bytes)", i, entryOff, e.length, vhdMaxLocatorData)})
 		case o.pastEOF(loc.DataOffset, int64(e.length)):
 			c.finds = append(c.finds, Finding{FindPastEOF, fmt.Sprintf(
 				"parent locator %d (%s) points past the end of the file: %d bytes at offset %d", i, loc.Platform, e.length, e.offset)})
@@ -643,6 +650,21 @@ func (c *vhdCore) openParent(o *opener) {
 	c.parentErr = firstErr
 }
 
+// vhdReadZeroFill reads n bytes at off, the part past the end of the file as zeros (as qemu
+// reads metadata). Other errors pass through.
+func vhdReadZeroFill(r io.ReaderAt, off, n int64, structure string) ([]byte, error) {
+	if n < 0 || n > maxMetadataRead || off < 0 || off > math.MaxInt64-n {
+		return nil, ferr(VHD, structure, "", off, n, "size or offset out of range")
+	}
+	buf := make([]byte, n)
+	got, err := r.ReadAt(buf, off)
+	if got < len(buf) && err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	clear(buf[got:])
+	return buf, nil
+}
+
 func formatUUID(u [16]byte) string {
 	var b [36]byte
 	hex.Encode(b[0:8], u[0:4])
@@ -723,9 +745,6 @@ func (c *vhdCore) lookup(off int64) (segment, error) {
 			return segment{kind: KindHole, length: c.virtual - off, host: -1}, nil
 		}
 		return segment{kind: KindData, length: end - off, r: c.r, off: off, host: off}, nil
-	}
-	if c.bat == nil { // a non-fixed disk without a dynamic header: qemu reads zeros
-		return segment{kind: KindHole, length: c.virtual - off, host: -1}, nil
 	}
 	bs := c.blockSize
 	blk := off / bs

@@ -14,11 +14,7 @@ func (c *vhdCore) check(r *Report) {
 		return
 	}
 	if !c.hasHeader {
-		if c.footer.diskType != vhdFixed {
-			r.Add(Corruption, "footer", c.footerAt+60, "disk type %s, but no footer copy and dynamic header at the start of the file",
-				vhdDiskTypeName(c.footer.diskType))
-		}
-		return
+		return // a fixed disk: nothing but its footer, verified at open
 	}
 	if c.footer.diskType == vhdFixed {
 		r.Add(Corruption, "footer", 60, "disk type fixed, but the file starts with a footer copy and a dynamic header")
