@@ -67,6 +67,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		Commands: []*cli.Command{
 			infoCommand(),
 			checkCommand(),
+			convertCommand(), compareCommand(), mapCommand(),
 		},
 	}
 }
