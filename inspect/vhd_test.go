@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -134,8 +135,7 @@ func vhdMakeDifferencing(t testing.TB, dir string) (parent, child string) {
 	b := readFileT(t, c)
 	os.Remove(c)
 	hdrOff := int64(binary.BigEndian.Uint64(b[16:]))
-	h := b[hdrOff : hdrOff+vhdHeaderSize]
-	bat := int64(binary.BigEndian.Uint64(h[16:]))
+	bat := int64(binary.BigEndian.Uint64(b[hdrOff+16:]))
 	// Locator data goes at the end, before the footer.
 	footer := slices.Clone(b[len(b)-vhdFooterSize:])
 	body := b[:len(b)-vhdFooterSize]
@@ -154,6 +154,7 @@ func vhdMakeDifferencing(t testing.TB, dir string) (parent, child string) {
 	locAbs := int64(len(body))
 	body = append(body, make([]byte, 512)...)
 	copy(body[locAbs:], abs)
+	h := body[hdrOff : hdrOff+vhdHeaderSize]
 	setLoc := func(i int, code uint32, off int64, n int) {
 		e := h[576+24*i:]
 		binary.BigEndian.PutUint32(e, code)
@@ -246,7 +247,7 @@ func validateReadable(t *testing.T, img Image, readable bool) {
 func TestVHDSizeRule(t *testing.T) {
 	qemutest.Need(t, "qemu-img")
 	dir := t.TempDir()
-	const cur = 10<<20 + 4096 // CHS 300x4x17 gives 10444800 bytes
+	const cur = 1<<20 + 4096 // CHS 30x4x17 gives 1044480 bytes
 	for _, v := range []struct {
 		app     string
 		cyl     uint16
@@ -254,17 +255,17 @@ func TestVHDSizeRule(t *testing.T) {
 		spt     uint8
 		fromCHS bool
 	}{
-		{"vpc ", 300, 4, 17, true},
-		{"qemu", 300, 4, 17, true},
-		{"qem2", 300, 4, 17, false},
-		{"win ", 300, 4, 17, false},
-		{"d2v ", 300, 4, 17, false},
-		{"d2v\x00", 300, 4, 17, true},
-		{"CTXS", 300, 4, 17, false},
-		{"tap\x00", 300, 4, 17, false},
-		{"tap ", 300, 4, 17, true},
-		{"vbox", 300, 4, 17, true},
-		{"\x00\x00\x00\x00", 300, 4, 17, true},
+		{"vpc ", 30, 4, 17, true},
+		{"qemu", 30, 4, 17, true},
+		{"qem2", 30, 4, 17, false},
+		{"win ", 30, 4, 17, false},
+		{"d2v ", 30, 4, 17, false},
+		{"d2v\x00", 30, 4, 17, true},
+		{"CTXS", 30, 4, 17, false},
+		{"tap\x00", 30, 4, 17, false},
+		{"tap ", 30, 4, 17, true},
+		{"vbox", 30, 4, 17, true},
+		{"\x00\x00\x00\x00", 30, 4, 17, true},
 		{"vpc ", 65535, 16, 255, false}, // maximum geometry: current_size
 		{"vpc ", 65535, 16, 254, true},  // CHS larger than the file: reads zeros past it
 		{"vpc ", 0, 0, 0, true},
@@ -475,4 +476,380 @@ func fileReaderT(t testing.TB, p string) (*os.File, int64) {
 		t.Fatal(err)
 	}
 	return f, st.Size()
+}
+
+// vhdDynamicBytes is a qemu-made 5 MiB dynamic vhd with data in blocks 0 and 2 (block 1 and
+// the rest unallocated): footer copy at 0, header at 512, BAT at 1536.
+func vhdDynamicBytes(t testing.TB, dir string) []byte {
+	t.Helper()
+	p := qemutest.Create(t, dir, "base.vhd", "vpc", "5M", "subformat=dynamic")
+	qemutest.IO(t, p, "vpc", "write -P 0x71 0 4k", "write -P 0x72 4M 4k")
+	return readFileT(t, p)
+}
+
+// TestVHDHostile: crafted damage gives FormatErrors naming the field, findings, or check
+// problems, never a panic or a silent success.
+func TestVHDHostile(t *testing.T) {
+	qemutest.Need(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	base := vhdDynamicBytes(t, dir)
+	const hdr, bat = 512, 1536
+	header := func(b []byte, edit func(h []byte)) []byte {
+		edit(b[hdr : hdr+vhdHeaderSize])
+		vhdSetHeaderChecksum(b[hdr : hdr+vhdHeaderSize])
+		return b
+	}
+	footer := func(b []byte, edit func(f []byte)) []byte {
+		for _, off := range []int{0, len(b) - 512} {
+			edit(b[off : off+512])
+			vhdSetFooterChecksum(b[off : off+512])
+		}
+		return b
+	}
+	be32 := binary.BigEndian.PutUint32
+	be64 := binary.BigEndian.PutUint64
+	entry := func(b []byte, i int) uint32 { return binary.BigEndian.Uint32(b[bat+4*i:]) }
+
+	t.Run("errors", func(t *testing.T) {
+		for _, v := range []struct {
+			name, structure, field string
+			mutate                 func(b []byte) []byte
+		}{
+			{"footer-checksum", "footer", "checksum", func(b []byte) []byte { b[40] ^= 1; return b }},
+			{"huge-table", "dynamic disk header", "max_table_entries", func(b []byte) []byte {
+				return header(b, func(h []byte) { be32(h[28:], 0x40000001) })
+			}},
+			{"small-table", "dynamic disk header", "max_table_entries", func(b []byte) []byte {
+				return header(b, func(h []byte) { be32(h[28:], 1) })
+			}},
+			{"block-size-0", "dynamic disk header", "block_size", func(b []byte) []byte {
+				return header(b, func(h []byte) { be32(h[32:], 0) })
+			}},
+			{"block-size-odd", "dynamic disk header", "block_size", func(b []byte) []byte {
+				return header(b, func(h []byte) { be32(h[32:], 3<<20) })
+			}},
+			{"block-size-256", "dynamic disk header", "block_size", func(b []byte) []byte {
+				return header(b, func(h []byte) { be32(h[32:], 256) })
+			}},
+			{"header-cookie", "dynamic disk header", "cookie", func(b []byte) []byte {
+				return header(b, func(h []byte) { copy(h, "cxsparsf") })
+			}},
+			{"header-past-eof", "footer", "data_offset", func(b []byte) []byte {
+				return footer(b, func(f []byte) { be64(f[16:], 1<<40) })
+			}},
+			{"header-offset-negative", "footer", "data_offset", func(b []byte) []byte {
+				return footer(b, func(f []byte) { be64(f[16:], 1<<63) })
+			}},
+			{"table-offset-overflow", "dynamic disk header", "table_offset", func(b []byte) []byte {
+				return header(b, func(h []byte) { be64(h[16:], 1<<63-8) })
+			}},
+			{"too-large", "footer", "current_size", func(b []byte) []byte {
+				return footer(b, func(f []byte) { copy(f[28:], "win "); be64(f[48:], 3<<40) })
+			}},
+		} {
+			t.Run(v.name, func(t *testing.T) {
+				p := writeFileT(t, filepath.Join(dir, v.name+".vhd"), v.mutate(slices.Clone(base)))
+				wantFormatError(t, p, v.structure, v.field)
+			})
+		}
+	})
+
+	t.Run("findings", func(t *testing.T) {
+		for _, v := range []struct {
+			name     string
+			findings []string
+			mutate   func(b []byte) []byte
+		}{
+			{"table-past-eof", []string{FindPastEOF}, func(b []byte) []byte {
+				return header(b, func(h []byte) { be64(h[16:], 1<<30) })
+			}},
+			{"header-checksum", []string{FindCorrupt}, func(b []byte) []byte { b[hdr+700] ^= 0x40; return b }},
+			{"header-cut-by-eof", []string{FindPastEOF}, func(b []byte) []byte {
+				// a header copy at 0 whose header is the last 600 bytes of the file
+				b = footer(b, func(f []byte) { be64(f[16:], uint64(len(b)-600)) })
+				h := slices.Clone(b[hdr : hdr+vhdHeaderSize])
+				copy(b[len(b)-600:], h[:600])
+				return b
+			}},
+			{"locator-past-eof", []string{FindPastEOF, FindBackingFile}, func(b []byte) []byte {
+				b = footer(b, func(f []byte) { be32(f[60:], vhdDifferencing) })
+				return header(b, func(h []byte) {
+					be32(h[576:], vhdPlatW2ru)
+					be32(h[576+8:], 40)
+					be64(h[576+16:], 1<<40)
+				})
+			}},
+			{"locator-too-long", []string{FindTooLarge, FindBackingFile}, func(b []byte) []byte {
+				b = footer(b, func(f []byte) { be32(f[60:], vhdDifferencing) })
+				return header(b, func(h []byte) {
+					be32(h[576:], vhdPlatW2ku)
+					be32(h[576+8:], 100000)
+					be64(h[576+16:], 512)
+				})
+			}},
+			{"unknown-type", []string{FindMalformed}, func(b []byte) []byte {
+				return footer(b, func(f []byte) { be32(f[60:], 7) })
+			}},
+		} {
+			t.Run(v.name, func(t *testing.T) {
+				p := writeFileT(t, filepath.Join(dir, v.name+".vhd"), v.mutate(slices.Clone(base)))
+				img := openT(t, p, OpenOptions{})
+				var codes []string
+				for _, f := range img.Safety() {
+					codes = append(codes, f.Code)
+				}
+				slices.Sort(codes)
+				want := slices.Sorted(slices.Values(v.findings))
+				if !slices.Equal(codes, want) {
+					t.Errorf("findings %v, want %v", img.Safety(), want)
+				}
+				// Whatever the damage, reads and check return.
+				buf := make([]byte, 1<<20)
+				for off := int64(0); off < img.Size(); off += int64(len(buf)) {
+					img.ReadAt(buf, off)
+				}
+				img.Check()
+				if v.name == "table-past-eof" {
+					if _, err := img.ReadAt(buf[:512], 0); !errors.Is(err, ErrInvalid) {
+						t.Errorf("read through a BAT past the end: %v, want a FormatError", err)
+					}
+					if rep := img.Check(); rep.CheckErrors == 0 {
+						t.Errorf("check of a BAT past the end: %+v", rep)
+					}
+				}
+			})
+		}
+	})
+
+	t.Run("check", func(t *testing.T) {
+		for _, v := range []struct {
+			name   string
+			want   string // in a problem's message
+			mutate func(b []byte) []byte
+		}{
+			{"block-past-eof", "past the end of the file", func(b []byte) []byte { be32(b[bat:], 1<<24); return b }},
+			{"blocks-overlap", "overlaps the block of entry", func(b []byte) []byte { be32(b[bat+8:], entry(b, 0)); return b }},
+			{"block-on-header", "overlaps the dynamic disk header", func(b []byte) []byte { be32(b[bat:], 1); return b }},
+			{"no-end-footer", "no valid footer at the end", func(b []byte) []byte { return b[:len(b)-512] }},
+			{"footers-differ", "differs from the copy", func(b []byte) []byte {
+				f := b[len(b)-512:]
+				be32(f[24:], 12345)
+				vhdSetFooterChecksum(f)
+				return b
+			}},
+			{"header-checksum", "checksum", func(b []byte) []byte { b[hdr+700] ^= 0x40; return b }},
+		} {
+			t.Run(v.name, func(t *testing.T) {
+				p := writeFileT(t, filepath.Join(dir, "check-"+v.name+".vhd"), v.mutate(slices.Clone(base)))
+				img := openT(t, p, OpenOptions{})
+				rep := img.Check()
+				found := false
+				for _, pr := range rep.Problems {
+					found = found || pr.Kind == Corruption && strings.Contains(pr.Message, v.want)
+				}
+				if !found || rep.Corruptions == 0 {
+					t.Errorf("check: %+v; want a corruption about %q", rep.Problems, v.want)
+				}
+				validate(t, img)
+			})
+		}
+	})
+}
+
+// TestVHDDifferencing: a differencing disk reads its own sectors where its bitmap says so
+// and its parent's elsewhere, only when backing files are allowed, and only from a parent
+// with the recorded UUID in its own directory.
+func TestVHDDifferencing(t *testing.T) {
+	qemutest.Need(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	parent, child := vhdMakeDifferencing(t, dir)
+	img := openT(t, child, OpenOptions{AllowBacking: true})
+	size := img.Size()
+	if ps := qemutest.Info(t, parent, "vpc").VirtualSize; ps != size {
+		t.Fatalf("sizes: child %d, parent %d", size, ps)
+	}
+	want := make([]byte, size)
+	for i := range min(size, 6<<20) {
+		want[i] = 0xa1
+	}
+	fill := func(from, to int64, v byte) {
+		for i := from * 512; i < to*512; i++ {
+			want[i] = v
+		}
+	}
+	fill(0, 8, 0xc1)
+	fill(100, 164, 0xc1)
+	fill(4096, 4096+128, 0xc2)
+	got := make([]byte, size)
+	if n, err := img.ReadAt(got, 0); n != len(got) || err != nil {
+		t.Fatalf("ReadAt: %d %v", n, err)
+	}
+	if i := firstDiff(got, want); i >= 0 {
+		t.Fatalf("guest byte %d is 0x%02x, want 0x%02x", i, got[i], want[i])
+	}
+	validate(t, img)
+	info := img.Info()
+	if info.BackingFilename != "parent.vhd" || !hasFinding(info.Safety, FindBackingFile) {
+		t.Errorf("backing %q, findings %v", info.BackingFilename, info.Safety)
+	}
+	vi := info.FormatSpecific.Data.(VHDInfo)
+	if vi.DiskType != "differencing" || len(vi.ParentLocators) != 2 || vi.ParentLocators[0].Path != `C:\images\parent.vhd` ||
+		vi.ParentLocators[1].Path != `.\parent.vhd` || vi.ParentName != "parent.vhd" {
+		t.Errorf("vhd info: %+v", vi)
+	}
+	for _, e := range []struct {
+		off   int64
+		kind  Kind
+		depth int
+		len   int64
+	}{
+		{0, KindData, 0, 4096},
+		{4096, KindData, 1, 92 * 512},
+		{100 * 512, KindData, 0, 64 * 512},
+		{2 << 20, KindData, 0, 64 << 10},
+	} {
+		x, err := img.Extent(e.off, 0)
+		if err != nil || x.Kind != e.kind || x.Depth != e.depth || x.Length != e.len {
+			t.Errorf("Extent(%d) = %+v, %v; want %v depth %d length %d", e.off, x, err, e.kind, e.depth, e.len)
+		}
+	}
+	if rep := img.Check(); !rep.Clean() {
+		t.Errorf("check: %+v", rep.Problems)
+	}
+
+	t.Run("not-allowed", func(t *testing.T) {
+		img := openT(t, child, OpenOptions{})
+		buf := make([]byte, 4096)
+		if _, err := img.ReadAt(buf, 0); err != nil || buf[0] != 0xc1 {
+			t.Errorf("reading the child's own sectors: %v", err)
+		}
+		if _, err := img.ReadAt(buf, 4096); !errors.Is(err, ErrNotAllowed) {
+			t.Errorf("reading the parent's sectors: %v, want ErrNotAllowed", err)
+		}
+	})
+	b := readFileT(t, child)
+	variant := func(t *testing.T, name string, edit func(c, h []byte)) Image {
+		c := slices.Clone(b)
+		h := c[512 : 512+vhdHeaderSize]
+		edit(c, h)
+		vhdSetHeaderChecksum(h)
+		return openT(t, writeFileT(t, filepath.Join(dir, name), c), OpenOptions{AllowBacking: true})
+	}
+	setRel := func(c, h []byte, rel string) {
+		off := binary.BigEndian.Uint64(h[576+24+16:])
+		d := c[off : off+512]
+		clear(d)
+		for i, r := range rel {
+			d[2*i] = byte(r)
+		}
+		binary.BigEndian.PutUint32(h[576+24+8:], uint32(2*len(rel)))
+	}
+	t.Run("uuid-mismatch", func(t *testing.T) {
+		img := variant(t, "uuid.vhd", func(_, h []byte) { h[45] ^= 1 })
+		_, err := img.ReadAt(make([]byte, 512), 4096)
+		var fe *FormatError
+		if !errors.As(err, &fe) || fe.Field != "parent_uuid" {
+			t.Errorf("parent with another UUID: %v", err)
+		}
+	})
+	t.Run("escaping-locator", func(t *testing.T) {
+		img := variant(t, "escape.vhd", func(c, h []byte) {
+			setRel(c, h, `..\parent.vhd`)
+			clear(h[64:576])
+		})
+		if _, err := img.ReadAt(make([]byte, 512), 4096); !errors.Is(err, ErrNotAllowed) {
+			t.Errorf("locator leaving the directory: %v, want ErrNotAllowed", err)
+		}
+	})
+	t.Run("loop", func(t *testing.T) {
+		img := variant(t, "loop.vhd", func(c, h []byte) {
+			setRel(c, h, `.\loop.vhd`)
+			clear(h[64:576])
+		})
+		if _, err := img.ReadAt(make([]byte, 512), 4096); !errors.Is(err, ErrNotAllowed) {
+			t.Errorf("a disk that is its own parent: %v, want ErrNotAllowed", err)
+		}
+	})
+	t.Run("missing-parent", func(t *testing.T) {
+		sub := t.TempDir()
+		p := writeFileT(t, filepath.Join(sub, "child.vhd"), b)
+		img := openT(t, p, OpenOptions{AllowBacking: true})
+		if _, err := img.ReadAt(make([]byte, 512), 4096); err == nil || !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("missing parent: %v", err)
+		}
+	})
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	if len(a) != len(b) {
+		return min(len(a), len(b))
+	}
+	return -1
+}
+
+// TestVHDStream: the stream inspector agrees with the file inspector on every fixture,
+// detected and declared.
+func TestVHDStream(t *testing.T) {
+	dir := t.TempDir()
+	for _, fx := range vhdFixtures(t, dir) {
+		data := readFileT(t, fx.path)
+		if len(data) > 32<<20 {
+			continue
+		}
+		t.Run(fx.name, func(t *testing.T) {
+			for _, opt := range []OpenOptions{{}, {Format: VHD}} {
+				v := checkStreamAgrees(t, fx.name, data, opt)
+				if v.Format != VHD {
+					t.Errorf("%+v: format %s", opt, v.Format)
+				}
+			}
+		})
+	}
+}
+
+func FuzzVHD(f *testing.F) {
+	if _, err := exec.LookPath("qemu-img"); err == nil || qemutest.InCI() {
+		dir := f.TempDir()
+		for _, fx := range vhdFixtures(f, dir) {
+			data := readFileT(f, fx.path)
+			if len(data) > 1<<20 {
+				// keep the metadata: the head, and the footer of fixed disks
+				data = append(data[:512<<10:512<<10], data[len(data)-512:]...)
+			}
+			f.Add(data)
+		}
+		f.Add(vhdDynamicBytes(f, dir))
+	}
+	// Crafted: a fixed footer alone, a footer copy with a header and a tiny BAT.
+	f.Add(vhdFooterBytes("win ", 4096, 1, 1, 8, vhdFixed, ^uint64(0)))
+	small := make([]byte, 3*512+512+2048+512)
+	copy(small, vhdFooterBytes("qem2", 4096, 1, 1, 8, vhdDynamic, 512))
+	h := small[512:1536]
+	copy(h, vhdDynCookie)
+	binary.BigEndian.PutUint64(h[8:], ^uint64(0))
+	binary.BigEndian.PutUint64(h[16:], 1536)
+	binary.BigEndian.PutUint32(h[24:], 0x10000)
+	binary.BigEndian.PutUint32(h[28:], 1)
+	binary.BigEndian.PutUint32(h[32:], 2048)
+	vhdSetHeaderChecksum(h)
+	binary.BigEndian.PutUint32(small[1536:], 4)
+	copy(small[len(small)-512:], small[:512])
+	f.Add(small)
+	thirdPartySeed(f, "qemu-iotests/afl5.img.bz2", "qemu-iotests/virtualpc-dynamic.vhd.bz2",
+		"qemu-iotests/hyperv2012r2-dynamic.vhd.bz2", "dissect.hypervisor/disk/vhd/dynamic.vhd.gz")
+	fuzzSeeds(f, vhdTestdata()...)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fuzzOpen(t, data, VHD)
+	})
+}
+
+// vhdTestdata lists the files under testdata/vhd (regression inputs found by fuzzing).
+func vhdTestdata() []string {
+	m, _ := filepath.Glob(filepath.Join("testdata", "vhd", "*"))
+	return m
 }
