@@ -23,7 +23,7 @@ import (
 
 // matrixFormats are the source formats the conversion matrix covers; nil means every
 // format buildSources makes.
-var matrixFormats = []inspect.Format{inspect.Raw}
+var matrixFormats = []inspect.Format{inspect.Raw, inspect.VHD, inspect.VDI}
 
 // convertFile converts src into a raw file and returns the file's path.
 func convertFile(t testing.TB, img inspect.Image, dst string, opt Options) {

@@ -40,14 +40,11 @@ func TestCompareCLIWithQemu(t *testing.T) {
 	edit("longer", func(p []byte) []byte { return append(p, make([]byte, 1<<20)...) })
 	edit("longer-data", func(p []byte) []byte { p = append(p, make([]byte, 1<<20)...); p[len(p)-700] = 1; return p })
 	edit("shorter", func(p []byte) []byte { return p[:len(p)-1<<20] })
-	formats := []string{"raw", "qcow2"}
-	for _, f := range []inspect.Format{inspect.VMDK, inspect.VHDX, inspect.VDI} {
+	formats := []string{"raw"} // vpc rounds sizes to its geometry: it gets other pairs
+	for _, f := range []inspect.Format{inspect.QCOW2, inspect.VMDK, inspect.VHDX, inspect.VDI} {
 		if cliFormats == nil || slices.Contains(cliFormats, f) {
 			formats = append(formats, string(f))
 		}
-	}
-	if cliFormats != nil && !slices.Contains(cliFormats, inspect.QCOW2) {
-		formats = formats[:1]
 	}
 	path := func(raw, format string) string {
 		if format == "raw" {
