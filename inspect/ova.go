@@ -385,56 +385,59 @@ func probeOVA(p *probeData) bool {
 	return false
 }
 
-// ovaWalk reads the tar headers and records the members. Problems with the archive become
-// findings and end the walk; read errors pass through.
-func ovaWalk(o *opener, f *ovaFindings) ([]*ovaMember, error) {
-	var members []*ovaMember
+// ovaWalk reads the tar headers, records the members, and hands each to visit as soon as
+// its header is read, before the walk goes past its data: a stream inspector learns which
+// bytes to keep and to hash only from the reads and digests asked for before those bytes
+// pass. Problems with the archive become findings and end the walk; read errors and
+// visit's errors pass through.
+func ovaWalk(o *opener, f *ovaFindings, visit func(*ovaMember) error) error {
+	members := 0
 	pend := tarPending{size: -1}
 	off := int64(0)
 	for headers := 0; ; headers++ {
 		if headers == maxOVAHeaders {
 			f.add(FindTooLarge, "more than %d tar headers: the rest of the archive was not read", maxOVAHeaders)
-			return members, nil
+			return nil
 		}
 		if o.sizeKnown && off >= o.size {
-			return members, nil // no end-of-archive blocks: tar accepts an archive that just ends
+			return nil // no end-of-archive blocks: tar accepts an archive that just ends
 		}
 		blk, err := readAt(o.r, off, tarBlock, OVA, "tar header")
 		if err != nil {
 			var fe *FormatError
 			if errors.As(err, &fe) {
 				f.problem(FindPastEOF, "tar header", off, "the archive ends inside the tar header at offset %d", off)
-				return members, nil
+				return nil
 			}
-			return nil, fmt.Errorf("tar header at offset %d: %w", off, err)
+			return fmt.Errorf("tar header at offset %d: %w", off, err)
 		}
 		if isZero(blk) {
-			return members, nil // end of archive
+			return nil // end of archive
 		}
 		if !tarChecksumOK(blk) {
 			f.problem(FindMalformed, "tar header", off, "tar header at offset %d has a bad checksum: the rest of the archive cannot be walked", off)
-			return members, nil
+			return nil
 		}
 		h, why := parseTarHeader(blk)
 		if why != "" {
 			f.problem(FindMalformed, "tar header", off, "tar header at offset %d: %s", off, why)
-			return members, nil
+			return nil
 		}
 		dataOff := off + tarBlock
 		if h.typeflag == 'S' && blk[482] != 0 { // GNU sparse: extension blocks precede the data
 			for i := 0; ; i++ {
 				if i == maxTarSparseBlocks {
 					f.problem(FindMalformed, "tar header", off, "sparse member at offset %d has more than %d extension headers", off, maxTarSparseBlocks)
-					return members, nil
+					return nil
 				}
 				ext, err := readAt(o.r, dataOff, tarBlock, OVA, "tar sparse header")
 				if err != nil {
 					var fe *FormatError
 					if errors.As(err, &fe) {
 						f.problem(FindPastEOF, "tar header", dataOff, "the archive ends inside a sparse header at offset %d", dataOff)
-						return members, nil
+						return nil
 					}
-					return nil, fmt.Errorf("tar sparse header at offset %d: %w", dataOff, err)
+					return fmt.Errorf("tar sparse header at offset %d: %w", dataOff, err)
 				}
 				dataOff += tarBlock
 				if ext[504] == 0 {
@@ -453,7 +456,7 @@ func ovaWalk(o *opener, f *ovaFindings) ([]*ovaMember, error) {
 		next, ok2 := add64(end, (tarBlock-size%tarBlock)%tarBlock)
 		if !ok1 || !ok2 {
 			f.problem(FindMalformed, "tar header", off, "tar header at offset %d: size %d overflows", off, size)
-			return members, nil
+			return nil
 		}
 		if meta {
 			if h.typeflag == 'g' { // global pax records: nothing glimpse needs
@@ -462,22 +465,22 @@ func ovaWalk(o *opener, f *ovaFindings) ([]*ovaMember, error) {
 			}
 			if size > maxTarMeta {
 				f.problem(FindTooLarge, "tar header", off, "extended header at offset %d holds %d bytes, above the limit of %d: the rest of the archive was not read", off, size, maxTarMeta)
-				return members, nil
+				return nil
 			}
 			data, err := readAt(o.r, dataOff, size, OVA, "tar extended header")
 			if err != nil {
 				var fe *FormatError
 				if errors.As(err, &fe) {
 					f.problem(FindPastEOF, "tar header", dataOff, "the archive ends inside the extended header at offset %d", off)
-					return members, nil
+					return nil
 				}
-				return nil, fmt.Errorf("tar extended header at offset %d: %w", off, err)
+				return fmt.Errorf("tar extended header at offset %d: %w", off, err)
 			}
 			switch h.typeflag {
 			case 'x':
 				if why := parsePAX(data, &pend); why != "" {
 					f.problem(FindMalformed, "tar header", off, "pax header at offset %d: %s", off, why)
-					return members, nil
+					return nil
 				}
 			case 'L':
 				pend.long = cstring(data)
@@ -487,10 +490,11 @@ func ovaWalk(o *opener, f *ovaFindings) ([]*ovaMember, error) {
 			off = next
 			continue
 		}
-		if len(members) == maxOVAMembers {
+		if members == maxOVAMembers {
 			f.add(FindTooLarge, "more than %d members: the rest of the archive was not read", maxOVAMembers)
-			return members, nil
+			return nil
 		}
+		members++
 		name, link := pend.memberName(h)
 		typ, regular := tarTypeName(h.typeflag, name)
 		if pend.sparse {
@@ -514,16 +518,48 @@ func ovaWalk(o *opener, f *ovaFindings) ([]*ovaMember, error) {
 			}
 			f.add(FindOVAMemberType, "member %q is a %s, not a regular file: extracting it may reach outside the target directory or block", m.Name, what)
 		}
-		members = append(members, m)
+		if err := visit(m); err != nil {
+			return err
+		}
 		if o.pastEOF(dataOff, size) {
 			f.problem(FindPastEOF, "tar member", dataOff, "member %q: its %d bytes at offset %d run past the end of the archive (%d bytes)", m.Name, size, dataOff, o.size)
-			return members, nil
+			return nil
 		}
 		off = next
 	}
 }
 
-// openOVA walks the archive, parses the descriptor, verifies the manifest and opens the disks.
+// ovaOpen is the state of one openOVA, fed member by member in archive order.
+type ovaOpen struct {
+	o       *opener
+	c       *ovaCore
+	f       *ovaFindings
+	digest  func(off, n int64, algo string) ([]byte, error)
+	members []*ovaMember
+	byName  map[string]*ovaMember // by cleaned name; the last copy, as extraction leaves it
+	ovfSeen bool                  // the first .ovf member has been met
+	ovf     *OVFInfo
+	// diskFiles are the cleaned names of the members that hold the DiskSection's disks
+	// (plain files only: compressed and chunked ones cannot be read in place).
+	diskFiles map[string]bool
+	mf        *ovaMember
+	lines     []manifestLine
+	lineFor   map[string]int // cleaned name → index in lines and in the manifest's entries
+	opened    map[*ovaMember]*ovaOpened
+	// deferred is the first digest error that is not about the archive (the stream
+	// inspector's "not yet"): the walk goes on, so that the reads it needs are asked for,
+	// and the error is returned at the end.
+	deferred error
+}
+
+type ovaOpened struct {
+	d   *disk
+	err error
+}
+
+// openOVA walks the archive once. The descriptor is parsed, the manifest read, each listed
+// member's digest asked for, and each disk opened, as the walk reaches them; what the order
+// of the archive left undone (a descriptor after its disks) is done at the end.
 func openOVA(o *opener) (core, error) {
 	blk, err := readAt(o.r, 0, tarBlock, OVA, "tar header")
 	if err != nil {
@@ -537,56 +573,261 @@ func openOVA(o *opener) (core, error) {
 		return nil, wrongFormat(OVA, "no tar header at offset 0")
 	}
 	c := &ovaCore{sel: -1}
-	f := &ovaFindings{ovfFindings: ovfFindings{max: maxOVAFindings}, c: c}
-	members, err := ovaWalk(o, f)
-	if err != nil {
+	s := &ovaOpen{o: o, c: c, f: &ovaFindings{ovfFindings: ovfFindings{max: maxOVAFindings}, c: c},
+		byName: map[string]*ovaMember{}, opened: map[*ovaMember]*ovaOpened{}, digest: o.digest}
+	if s.digest == nil {
+		s.digest = func(off, n int64, algo string) ([]byte, error) { return digestAt(o.r, off, n, algo) }
+	}
+	if err := ovaWalk(o, s.f, s.visit); err != nil {
+		c.close()
 		return nil, err
 	}
-	c.info.Members = make([]OVAMember, len(members))
-	byName := map[string]*ovaMember{}
-	for i, m := range members {
-		c.info.Members[i] = m.OVAMember
-		key := path.Clean(m.Name)
-		if _, dup := byName[key]; dup {
-			f.add(FindOVAMemberPath, "member name %q appears more than once: an extractor keeps the last copy, a reader may see the first", m.Name)
-		}
-		byName[key] = m // the last copy, as extraction leaves it
+	if err := s.finish(); err != nil {
+		c.close()
+		return nil, err
 	}
+	c.finds = s.f.done()
+	return c, nil
+}
 
-	desc := ovaDescriptor(members, f)
-	var ovf *OVFInfo
-	if desc != nil {
-		info, finds, err := parseOVFAt(o.r, desc.Offset, desc.Size, desc.Name+": ")
-		switch {
-		case errors.Is(err, errOVFTooLarge):
-			f.problem(FindTooLarge, "descriptor", desc.Offset, "descriptor %q is %d bytes, above the limit of %d: glimpse does not read it", desc.Name, desc.Size, maxOVFSize)
-		case err != nil:
-			return nil, fmt.Errorf("descriptor %q: %w", desc.Name, err)
-		default:
-			ovf = info
-			c.info.OVF = info
-			c.info.Descriptor = desc.Name
-			for _, x := range finds {
-				f.addFinding(x)
+// visit handles one member as soon as its header has been read.
+func (s *ovaOpen) visit(m *ovaMember) error {
+	c := s.c
+	key := path.Clean(m.Name)
+	if _, dup := s.byName[key]; dup {
+		s.f.add(FindOVAMemberPath, "member name %q appears more than once: an extractor keeps the last copy, a reader may see the first", m.Name)
+	}
+	s.byName[key] = m
+	s.members = append(s.members, m)
+	c.info.Members = append(c.info.Members, m.OVAMember)
+	switch {
+	case !s.ovfSeen && isOVFName(m.Name):
+		s.ovfSeen = true
+		if m.regular {
+			if err := s.descriptor(m); err != nil {
+				return err
+			}
+		}
+	case s.mf == nil && strings.EqualFold(path.Ext(m.Name), ".mf"):
+		s.mf = m
+		if err := s.manifest(m); err != nil {
+			return err
+		}
+		for _, prev := range s.members { // the descriptor, and whatever came before
+			s.verify(prev)
+		}
+		return nil
+	}
+	s.verify(m)
+	if s.diskFiles[key] && m.regular {
+		return s.openDisk(m)
+	}
+	return nil
+}
+
+// descriptor parses the OVF member.
+func (s *ovaOpen) descriptor(m *ovaMember) error {
+	info, finds, err := parseOVFAt(s.o.r, m.Offset, m.Size, m.Name+": ")
+	switch {
+	case errors.Is(err, errOVFTooLarge):
+		s.f.problem(FindTooLarge, "descriptor", m.Offset, "descriptor %q is %d bytes, above the limit of %d: glimpse does not read it", m.Name, m.Size, maxOVFSize)
+		return nil
+	case err != nil:
+		return fmt.Errorf("descriptor %q: %w", m.Name, err)
+	}
+	s.ovf = info
+	s.c.info.OVF = info
+	s.c.info.Descriptor = m.Name
+	for _, x := range finds {
+		s.f.addFinding(x)
+	}
+	s.diskFiles = map[string]bool{}
+	for _, d := range info.Disks {
+		if file, ok := ovaFileOf(info, d); ok && ovfHrefProblem(file.Href) == "" && ovaPlain(file) {
+			s.diskFiles[path.Clean(file.Href)] = true
+		}
+	}
+	return nil
+}
+
+// ovaFileOf is the References file a disk names.
+func ovaFileOf(info *OVFInfo, d OVFDisk) (OVFFile, bool) {
+	if d.FileRef == "" {
+		return OVFFile{}, false
+	}
+	for _, f := range info.Files {
+		if f.ID == d.FileRef {
+			return f, true
+		}
+	}
+	return OVFFile{}, false
+}
+
+// ovaPlain reports whether a file is stored as it is: not compressed, not chunked.
+func ovaPlain(f OVFFile) bool {
+	return (f.Compression == "" || f.Compression == "identity") && f.ChunkSize == 0
+}
+
+// manifest reads and parses the .mf member.
+func (s *ovaOpen) manifest(mf *ovaMember) error {
+	c, f := s.c, s.f
+	c.info.Manifest = &OVAManifest{Member: mf.Name}
+	if !mf.regular {
+		f.problem(FindOVAManifest, "manifest", mf.Offset, "the manifest %q is a %s, not a file", mf.Name, mf.Type)
+		return nil
+	}
+	if mf.Size > maxOVAManifest {
+		f.problem(FindTooLarge, "manifest", mf.Offset, "the manifest %q is %d bytes, above the limit of %d: it was not verified", mf.Name, mf.Size, maxOVAManifest)
+		return nil
+	}
+	data, err := readAt(s.o.r, mf.Offset, mf.Size, OVA, "manifest")
+	if err != nil {
+		var fe *FormatError
+		if errors.As(err, &fe) {
+			return nil // truncated: the walk reports it
+		}
+		return fmt.Errorf("manifest %q: %w", mf.Name, err)
+	}
+	lines, bad := ovaParseManifest(data)
+	for _, b := range bad {
+		f.problem(FindOVAManifest, "manifest", mf.Offset, "manifest %q: %s", mf.Name, b)
+	}
+	if len(lines) > maxOVAMembers {
+		f.problem(FindTooLarge, "manifest", mf.Offset, "manifest %q lists %d files, more than the %d verified", mf.Name, len(lines), maxOVAMembers)
+		lines = lines[:maxOVAMembers]
+	}
+	s.lines = lines
+	s.lineFor = map[string]int{}
+	for i, l := range lines {
+		s.lineFor[path.Clean(l.name)] = i
+		c.info.Manifest.Entries = append(c.info.Manifest.Entries, OVAManifestEntry{Name: l.name, Algorithm: l.algo, Digest: hex.EncodeToString(l.sum)})
+		switch a := c.info.Manifest.Algorithm; {
+		case a == "":
+			c.info.Manifest.Algorithm = l.algo
+		case a != l.algo:
+			c.info.Manifest.Algorithm = "mixed"
+		}
+	}
+	return nil
+}
+
+// verify checks a member against its manifest line, if the manifest has been read and
+// lists it. The digest comes from o.digest; an error that is not about the archive is kept
+// for the end, and the walk goes on.
+func (s *ovaOpen) verify(m *ovaMember) {
+	i, ok := s.lineFor[path.Clean(m.Name)]
+	if !ok || s.c.info.Manifest.Entries[i].Result != "" {
+		return
+	}
+	l, e, mf, f := s.lines[i], &s.c.info.Manifest.Entries[i], s.mf, s.f
+	switch {
+	case !m.regular:
+		e.Result = "not-a-file"
+		f.problem(FindOVAManifest, "manifest", mf.Offset, "manifest %q lists %q, which is a %s, not a file", mf.Name, l.name, m.Type)
+		return
+	case s.o.pastEOF(m.Offset, m.Size):
+		e.Result = "truncated"
+		f.problem(FindOVAManifest, "manifest", m.Offset, "manifest %q lists %q, whose data runs past the end of the archive", mf.Name, l.name)
+		return
+	}
+	sum, err := s.digest(m.Offset, m.Size, l.algo)
+	if err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			e.Result = "truncated"
+			f.problem(FindOVAManifest, "manifest", m.Offset, "manifest %q lists %q, whose data could not be read in full", mf.Name, l.name)
+		} else if s.deferred == nil {
+			s.deferred = fmt.Errorf("computing the %s digest of %q: %w", l.algo, m.Name, err)
+		}
+		return
+	}
+	if bytes.Equal(sum, l.sum) {
+		e.Result = "ok"
+		return
+	}
+	e.Result = "mismatch"
+	f.problem(FindOVAManifest, "manifest", m.Offset, "%s digest of %q is %x, the manifest %q says %x", strings.ToUpper(l.algo), l.name, sum, mf.Name, l.sum)
+}
+
+// openDisk opens a member that holds a disk, once, in place.
+func (s *ovaOpen) openDisk(m *ovaMember) error {
+	if s.opened[m] != nil {
+		return nil
+	}
+	c, f := s.c, s.f
+	if len(c.opened) == maxOVADisks {
+		s.opened[m] = &ovaOpened{err: fmt.Errorf("more than %d disks: %q not opened", maxOVADisks, m.Name)}
+		f.add(FindTooLarge, "more than %d disk members: %q was not inspected", maxOVADisks, m.Name)
+		return nil
+	}
+	child, err := ovaOpenDisk(s.o, m)
+	if err != nil {
+		code := ovaDiskErrorCode(err)
+		if code == "" {
+			return fmt.Errorf("disk member %q: %w", m.Name, err)
+		}
+		s.opened[m] = &ovaOpened{err: err}
+		f.problem(code, m.Name, m.Offset, "%s: %v", m.Name, err)
+		return nil
+	}
+	s.opened[m] = &ovaOpened{d: child}
+	c.opened = append(c.opened, child)
+	for _, x := range child.Safety() {
+		f.addFinding(Finding{x.Code, m.Name + ": " + x.Message})
+	}
+	return nil
+}
+
+// finish does what needs the whole archive: the descriptor's place, manifest lines that
+// name no member, the References, the disks in DiskSection order (opening those that came
+// before the descriptor), and the selected disk.
+func (s *ovaOpen) finish() error {
+	o, c, f := s.o, s.c, s.f
+	ovaDescriptor(s.members, f)
+	if c.info.Manifest != nil {
+		for i := range c.info.Manifest.Entries {
+			e := &c.info.Manifest.Entries[i]
+			if e.Result == "" && s.byName[path.Clean(e.Name)] == nil {
+				e.Result = "missing"
+				f.problem(FindOVAManifest, "manifest", s.mf.Offset, "manifest %q lists %q, which is not in the archive", s.mf.Name, e.Name)
 			}
 		}
 	}
-	if err := c.manifest(o, members, byName, f); err != nil {
-		return nil, err
+	// Members the walk met before the manifest or before the descriptor: a file can be
+	// read in any order (a stream cannot, and says so through its errors).
+	for _, m := range s.members {
+		s.verify(m)
 	}
-	if ovf != nil {
-		ovaCheckReferences(ovf, byName, f)
-		if err := c.openDisks(o, ovf, byName, f); err != nil {
-			return nil, err
+	if s.ovf != nil {
+		ovaCheckReferences(s.ovf, s.byName, f)
+		for _, d := range s.ovf.Disks {
+			if err := s.addDisk(d); err != nil {
+				return err
+			}
 		}
-		c.sel, err = ovfSelectDisk(ovf, o.opt.Disk)
-		if err != nil {
-			c.close()
-			return nil, fmt.Errorf("%s: %w", o.name, err)
-		}
-	} else if o.opt.Disk != "" {
-		return nil, fmt.Errorf("%s: no disk %q: the archive has no readable descriptor", o.name, o.opt.Disk)
 	}
+	if s.deferred != nil {
+		return s.deferred
+	}
+	// The children are the disks the descriptor's disks use (of duplicate members, the
+	// last copy; the findings of every copy opened are reported all the same).
+	seen := map[*disk]bool{}
+	for _, d := range c.disks {
+		if d.d != nil && !seen[d.d] {
+			seen[d.d] = true
+			c.children = append(c.children, d.d.Info())
+		}
+	}
+	if s.ovf == nil {
+		if o.opt.Disk != "" {
+			return fmt.Errorf("%s: no disk %q: the archive has no readable descriptor", o.name, o.opt.Disk)
+		}
+		return nil
+	}
+	var err error
+	if c.sel, err = ovfSelectDisk(s.ovf, o.opt.Disk); err != nil {
+		return fmt.Errorf("%s: %w", o.name, err)
+	}
+	c.info.SelectedDisk = c.sel
 	if c.sel >= 0 {
 		c.vsize = c.info.Disks[c.sel].VirtualSize
 	}
@@ -598,9 +839,55 @@ func openOVA(o *opener) (core, error) {
 			}
 		}
 	}
-	c.info.SelectedDisk = c.sel
-	c.finds = f.done()
-	return c, nil
+	return nil
+}
+
+// addDisk records one DiskSection disk and what its member holds.
+func (s *ovaOpen) addDisk(d OVFDisk) error {
+	c, f := s.c, s.f
+	sum := OVADisk{DiskID: d.ID, DeclaredFormat: d.Format, Capacity: d.Capacity, VirtualSize: d.Capacity}
+	od := &ovaDisk{}
+	file, ok := ovaFileOf(s.ovf, d)
+	switch {
+	case d.FileRef == "":
+		od.empty = true
+	case !ok:
+		od.err = fmt.Errorf("disk %q: file %q is not in the descriptor's References", d.ID, d.FileRef)
+	case ovfHrefProblem(file.Href) != "":
+		od.err = fmt.Errorf("disk %q: file %q is not a name inside the archive: %w", d.ID, file.Href, ErrNotAllowed)
+	case !ovaPlain(file):
+		how := fmt.Sprintf("%s-compressed", file.Compression)
+		if file.ChunkSize > 0 {
+			how = fmt.Sprintf("split into chunks of %d bytes", file.ChunkSize)
+		}
+		od.err = unsupported(OVA, "disk %q: file %q is %s inside the archive, and glimpse reads disks in place", d.ID, file.Href, how)
+		f.add(FindUnreadableSection, "disk %q: file %q is %s: glimpse cannot inspect it in place", d.ID, file.Href, how)
+	default:
+		m := s.byName[path.Clean(file.Href)]
+		switch {
+		case m == nil:
+			od.err = fmt.Errorf("disk %q: file %q is not in the archive", d.ID, file.Href)
+		case !m.regular:
+			od.err = fmt.Errorf("disk %q: member %q is a %s, not a file", d.ID, m.Name, m.Type)
+		default:
+			if err := s.openDisk(m); err != nil {
+				return err
+			}
+			od.member = m
+			sum.Member = m.Name
+			od.d, od.err = s.opened[m].d, s.opened[m].err
+		}
+	}
+	if od.d != nil {
+		sum.Format = od.d.format
+		sum.VirtualSize = od.d.Size()
+	}
+	if od.err != nil {
+		sum.Error = od.err.Error()
+	}
+	c.disks = append(c.disks, od)
+	c.info.Disks = append(c.info.Disks, sum)
+	return nil
 }
 
 // ovaDescriptor finds the .ovf member: the first member in a well-formed OVA, else the
@@ -685,92 +972,6 @@ func ovaParseManifest(data []byte) ([]manifestLine, []string) {
 	return out, bad
 }
 
-// manifest verifies the .mf member: every line's digest is computed through o.digest over
-// the member it names.
-func (c *ovaCore) manifest(o *opener, members []*ovaMember, byName map[string]*ovaMember, f *ovaFindings) error {
-	var mfs []*ovaMember
-	for _, m := range members {
-		if strings.EqualFold(path.Ext(m.Name), ".mf") {
-			mfs = append(mfs, m)
-		}
-	}
-	if len(mfs) == 0 {
-		return nil
-	}
-	mf := mfs[0]
-	if len(mfs) > 1 {
-		f.add(FindOVAManifest, "the archive holds %d manifests (%q, %q, …): only the first was verified", len(mfs), mfs[0].Name, mfs[1].Name)
-	}
-	c.info.Manifest = &OVAManifest{Member: mf.Name}
-	if !mf.regular {
-		f.problem(FindOVAManifest, "manifest", mf.Offset, "the manifest %q is a %s, not a file", mf.Name, mf.Type)
-		return nil
-	}
-	if mf.Size > maxOVAManifest {
-		f.problem(FindTooLarge, "manifest", mf.Offset, "the manifest %q is %d bytes, above the limit of %d: it was not verified", mf.Name, mf.Size, maxOVAManifest)
-		return nil
-	}
-	data, err := readAt(o.r, mf.Offset, mf.Size, OVA, "manifest")
-	if err != nil {
-		var fe *FormatError
-		if errors.As(err, &fe) {
-			return nil // truncated: the walk reported it
-		}
-		return fmt.Errorf("manifest %q: %w", mf.Name, err)
-	}
-	lines, bad := ovaParseManifest(data)
-	for _, b := range bad {
-		f.problem(FindOVAManifest, "manifest", mf.Offset, "manifest %q: %s", mf.Name, b)
-	}
-	if len(lines) > maxOVAMembers {
-		f.problem(FindTooLarge, "manifest", mf.Offset, "manifest %q lists %d files, more than the %d verified", mf.Name, len(lines), maxOVAMembers)
-		lines = lines[:maxOVAMembers]
-	}
-	digest := o.digest
-	if digest == nil {
-		digest = func(off, n int64, algo string) ([]byte, error) { return digestAt(o.r, off, n, algo) }
-	}
-	for _, l := range lines {
-		e := OVAManifestEntry{Name: l.name, Algorithm: l.algo, Digest: hex.EncodeToString(l.sum)}
-		switch a := c.info.Manifest.Algorithm; {
-		case a == "":
-			c.info.Manifest.Algorithm = l.algo
-		case a != l.algo:
-			c.info.Manifest.Algorithm = "mixed"
-		}
-		m := byName[path.Clean(l.name)]
-		switch {
-		case m == nil:
-			e.Result = "missing"
-			f.problem(FindOVAManifest, "manifest", mf.Offset, "manifest %q lists %q, which is not in the archive", mf.Name, l.name)
-		case !m.regular:
-			e.Result = "not-a-file"
-			f.problem(FindOVAManifest, "manifest", mf.Offset, "manifest %q lists %q, which is a %s, not a file", mf.Name, l.name, m.Type)
-		case o.pastEOF(m.Offset, m.Size):
-			e.Result = "truncated"
-			f.problem(FindOVAManifest, "manifest", m.Offset, "manifest %q lists %q, whose data runs past the end of the archive", mf.Name, l.name)
-		default:
-			sum, err := digest(m.Offset, m.Size, l.algo)
-			if err != nil {
-				if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-					e.Result = "truncated"
-					f.problem(FindOVAManifest, "manifest", m.Offset, "manifest %q lists %q, whose data could not be read in full", mf.Name, l.name)
-					break
-				}
-				return fmt.Errorf("computing the %s digest of %q: %w", l.algo, m.Name, err)
-			}
-			if bytes.Equal(sum, l.sum) {
-				e.Result = "ok"
-			} else {
-				e.Result = "mismatch"
-				f.problem(FindOVAManifest, "manifest", m.Offset, "%s digest of %q is %x, the manifest %q says %x", strings.ToUpper(l.algo), l.name, sum, mf.Name, l.sum)
-			}
-		}
-		c.info.Manifest.Entries = append(c.info.Manifest.Entries, e)
-	}
-	return nil
-}
-
 // ovaFileMember finds the member that holds an OVF file: the member named by its href, or
 // for a chunked file the first chunk (href.000000000).
 func ovaFileMember(file OVFFile, byName map[string]*ovaMember) *ovaMember {
@@ -796,84 +997,6 @@ func ovaCheckReferences(ovf *OVFInfo, byName map[string]*ovaMember, f *ovaFindin
 			f.add(FindOVFReference, "file %q is %d bytes in the archive, the descriptor says %d", file.Href, m.Size, file.Size)
 		}
 	}
-}
-
-// openDisks opens every disk of the DiskSection whose file is a member, in place.
-func (c *ovaCore) openDisks(o *opener, ovf *OVFInfo, byName map[string]*ovaMember, f *ovaFindings) error {
-	files := map[string]OVFFile{}
-	for _, file := range ovf.Files {
-		if _, dup := files[file.ID]; !dup {
-			files[file.ID] = file
-		}
-	}
-	byMember := map[*ovaMember]*ovaDisk{}
-	for _, d := range ovf.Disks {
-		sum := OVADisk{DiskID: d.ID, DeclaredFormat: d.Format, Capacity: d.Capacity, VirtualSize: d.Capacity}
-		od := &ovaDisk{}
-		file, ok := files[d.FileRef]
-		switch {
-		case d.FileRef == "":
-			od.empty = true
-		case !ok:
-			od.err = fmt.Errorf("disk %q: file %q is not in the descriptor's References", d.ID, d.FileRef)
-		case ovfHrefProblem(file.Href) != "":
-			od.err = fmt.Errorf("disk %q: file %q is not a name inside the archive: %w", d.ID, file.Href, ErrNotAllowed)
-		case file.Compression != "" && file.Compression != "identity":
-			od.err = unsupported(OVA, "disk %q: file %q is %s-compressed inside the archive, and glimpse reads disks in place", d.ID, file.Href, file.Compression)
-			f.add(FindUnreadableSection, "disk %q: file %q is %s-compressed: glimpse cannot inspect it in place", d.ID, file.Href, file.Compression)
-		case file.ChunkSize > 0:
-			od.err = unsupported(OVA, "disk %q: file %q is split into chunks of %d bytes, and glimpse reads disks in place", d.ID, file.Href, file.ChunkSize)
-			f.add(FindUnreadableSection, "disk %q: file %q is split into chunks: glimpse cannot inspect it in place", d.ID, file.Href)
-		default:
-			m := byName[path.Clean(file.Href)]
-			switch {
-			case m == nil:
-				od.err = fmt.Errorf("disk %q: file %q is not in the archive", d.ID, file.Href)
-			case !m.regular:
-				od.err = fmt.Errorf("disk %q: member %q is a %s, not a file", d.ID, m.Name, m.Type)
-			default:
-				od.member = m
-				sum.Member = m.Name
-				if prev := byMember[m]; prev != nil {
-					od.d, od.err = prev.d, prev.err
-					break
-				}
-				byMember[m] = od
-				if len(c.opened) == maxOVADisks {
-					od.err = fmt.Errorf("disk %q: more than %d disks: not opened", d.ID, maxOVADisks)
-					f.add(FindTooLarge, "more than %d disk members: %q was not inspected", maxOVADisks, m.Name)
-					break
-				}
-				child, err := ovaOpenDisk(o, m)
-				if err != nil {
-					code := ovaDiskErrorCode(err)
-					if code == "" {
-						c.close()
-						return fmt.Errorf("disk member %q: %w", m.Name, err)
-					}
-					od.err = err
-					f.problem(code, m.Name, m.Offset, "%s: %v", m.Name, err)
-					break
-				}
-				od.d = child
-				c.opened = append(c.opened, child)
-				c.children = append(c.children, child.Info())
-				for _, x := range child.Safety() {
-					f.addFinding(Finding{x.Code, m.Name + ": " + x.Message})
-				}
-			}
-		}
-		if od.d != nil {
-			sum.Format = od.d.format
-			sum.VirtualSize = od.d.Size()
-		}
-		if od.err != nil {
-			sum.Error = od.err.Error()
-		}
-		c.disks = append(c.disks, od)
-		c.info.Disks = append(c.info.Disks, sum)
-	}
-	return nil
 }
 
 // ovaDiskErrorCode maps why a disk member could not be opened to a finding code; "" means
