@@ -970,7 +970,7 @@ func TestQCOW2CraftedReads(t *testing.T) {
 	base := func() []byte {
 		b := qcow2CraftedHeader()
 		be.PutUint64(b[65536:], qcow2Copied|3*65536) // L1[0] -> L2 at 192 KiB... reuse below
-		b = append(b, make([]byte, 3*65536)...)    // clusters 4..6
+		b = append(b, make([]byte, 3*65536)...)      // clusters 4..6
 		be.PutUint64(b[65536:], qcow2Copied|4*65536)
 		return b
 	}
@@ -984,11 +984,11 @@ func TestQCOW2CraftedReads(t *testing.T) {
 	}
 	t.Run("zero-and-data", func(t *testing.T) {
 		b := base()
-		be.PutUint64(b[4*65536:], qcow2Copied|5*65536)      // cluster 0: data
-		be.PutUint64(b[4*65536+8:], qcow2Copied|5*65536|1)  // cluster 1: zero (allocated)
-		be.PutUint64(b[4*65536+16:], 1)                     // cluster 2: zero
-		be.PutUint64(b[4*65536+24:], qcow2Copied|6*65536)   // cluster 3: data, contiguous with 0? no: 5 then 6
-		be.PutUint64(b[4*65536+32:], qcow2Copied|1<<40)     // cluster 4: past the end: zeros
+		be.PutUint64(b[4*65536:], qcow2Copied|5*65536)     // cluster 0: data
+		be.PutUint64(b[4*65536+8:], qcow2Copied|5*65536|1) // cluster 1: zero (allocated)
+		be.PutUint64(b[4*65536+16:], 1)                    // cluster 2: zero
+		be.PutUint64(b[4*65536+24:], qcow2Copied|6*65536)  // cluster 3: data, contiguous with 0? no: 5 then 6
+		be.PutUint64(b[4*65536+32:], qcow2Copied|1<<40)    // cluster 4: past the end: zeros
 		copy(b[5*65536:], bytes.Repeat([]byte{0xab}, 65536))
 		copy(b[6*65536:], bytes.Repeat([]byte{0xcd}, 65536))
 		img := open(t, b)
