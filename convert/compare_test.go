@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -120,46 +121,58 @@ func TestCompareWithQemu(t *testing.T) {
 		names = append(names, name)
 	}
 	slices.Sort(names)
+	// Convert everything first, then compare in parallel: each qemu-img run is mostly
+	// waiting.
+	type tc struct {
+		fa, fb, a, b, name string
+		strict             bool
+	}
+	var cases []tc
 	for _, cb := range combos {
-		fa, fb := cb.fa, cb.fb
-		a := conv(base, fa)
+		a := conv(base, cb.fa)
 		for _, name := range names {
 			if !cb.all && name != "data" && name != "hole" && name != "longer-data" {
 				continue
 			}
-			if fb == "vpc" && (strings.HasPrefix(name, "longer") || name == "shorter") {
+			if cb.fb == "vpc" && (strings.HasPrefix(name, "longer") || name == "shorter") {
 				continue // vpc rounds sizes to its CHS geometry: a different pair
 			}
-			b := conv(pairs[name], fb)
+			b := conv(pairs[name], cb.fb)
 			sizes := strings.HasPrefix(name, "longer") || name == "shorter" || name == "same"
 			for _, strict := range []bool{false, true} {
 				if strict && !sizes {
 					continue // same sizes: -s changes nothing glimpse compares
 				}
-				code, off, qout := qemuCompare(t, a, fa, b, fb, strict)
-				if strings.Contains(qout, "block status mismatch") {
-					// qemu-img -s also compares allocation, which depends on how each
-					// image was written; glimpse's -s is about sizes only.
-					continue
-				}
-				fmtA, _ := inspect.ParseFormat(fa)
-				ia := openSource(t, source{path: a, opt: inspect.OpenOptions{Format: fmtA}})
-				fmtB, _ := inspect.ParseFormat(fb)
-				ib := openSource(t, source{path: b, opt: inspect.OpenOptions{Format: fmtB}})
-				r, err := Compare(context.Background(), ia, ib, CompareOptions{Strict: strict, Workers: 3, ChunkSize: 256 << 10})
-				if err != nil {
-					t.Fatalf("%s/%s vs %s/%s: %v", fa, filepath.Base(a), fb, filepath.Base(b), err)
-				}
-				gotCode := 1
-				if r.Identical {
-					gotCode = 0
-				}
-				if gotCode != code || r.Offset != off {
-					t.Errorf("%s %s vs %s %s strict=%v: identical=%v offset %d; qemu-img exits %d: %q",
-						fa, filepath.Base(a), fb, filepath.Base(b), strict, r.Identical, r.Offset, code, qout)
-				}
+				cases = append(cases, tc{cb.fa, cb.fb, a, b, name, strict})
 			}
 		}
+	}
+	for _, c := range cases {
+		t.Run(fmt.Sprintf("%s-%s-%s-%v", c.fa, c.fb, c.name, c.strict), func(t *testing.T) {
+			t.Parallel()
+			code, off, qout := qemuCompare(t, c.a, c.fa, c.b, c.fb, c.strict)
+			if strings.Contains(qout, "block status mismatch") {
+				// qemu-img -s also compares allocation, which depends on how each image
+				// was written; glimpse's -s is about sizes only.
+				t.Log("qemu-img -s compares allocation too: not compared")
+				return
+			}
+			fmtA, _ := inspect.ParseFormat(c.fa)
+			ia := openSource(t, source{path: c.a, opt: inspect.OpenOptions{Format: fmtA}})
+			fmtB, _ := inspect.ParseFormat(c.fb)
+			ib := openSource(t, source{path: c.b, opt: inspect.OpenOptions{Format: fmtB}})
+			r, err := Compare(context.Background(), ia, ib, CompareOptions{Strict: c.strict, Workers: 3, ChunkSize: 256 << 10})
+			if err != nil {
+				t.Fatal(err)
+			}
+			gotCode := 1
+			if r.Identical {
+				gotCode = 0
+			}
+			if gotCode != code || r.Offset != off {
+				t.Errorf("identical=%v offset %d; qemu-img exits %d: %q", r.Identical, r.Offset, code, qout)
+			}
+		})
 	}
 }
 
@@ -250,9 +263,12 @@ func glimpseMap(t testing.TB, img inspect.Image) []MapEntry {
 }
 
 // mapExact lists the sources whose allocation map glimpse reports exactly as qemu-img
-// (entry for entry, offsets included).
+// (entry for entry, offsets included). The others differ where qemu-img looks deeper or
+// less deep: it finds holes in the files behind flat vmdk extents, fixed vhds and static
+// vdis, and has no map at all for vhdx (one data run without offsets).
 var mapExact = map[string]bool{"raw": true, "qcow2": true, "qcow2-v2": true, "qcow2-512": true, "qcow2-2M": true,
-	"qcow2-zlib": true, "qcow2-zstd": true, "qcow2-zero": true, "qcow2-backing": true}
+	"qcow2-zlib": true, "qcow2-zstd": true, "qcow2-zero": true, "qcow2-backing": true,
+	"vmdk-sparse": true, "vmdk-stream": true, "vmdk-2gb": true, "vhd": true, "vdi": true, "iso": true}
 
 func TestMapWithQemu(t *testing.T) {
 	dir := t.TempDir()
@@ -272,13 +288,17 @@ func TestMapWithQemu(t *testing.T) {
 			if pos != img.Size() {
 				t.Fatalf("map ends at %d, disk at %d", pos, img.Size())
 			}
-			if !mapExact[s.name] {
-				return
-			}
 			if s.ref != "" {
 				return
 			}
 			want := qemuMap(t, s.path, s.qemuFormat)
+			if !mapExact[s.name] {
+				t.Logf("%d entries, qemu-img has %d (not compared)", len(got), len(want))
+				if !slices.Equal(got, want) {
+					t.Logf("differs:\n got %+v\nwant %+v", got, want)
+				}
+				return
+			}
 			if len(got) != len(want) {
 				t.Fatalf("%d entries, qemu-img has %d:\n got %+v\nwant %+v", len(got), len(want), got, want)
 			}

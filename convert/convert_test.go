@@ -23,7 +23,7 @@ import (
 
 // matrixFormats are the source formats the conversion matrix covers; nil means every
 // format buildSources makes.
-var matrixFormats = []inspect.Format{inspect.Raw, inspect.VHD, inspect.VDI}
+var matrixFormats = []inspect.Format{inspect.Raw, inspect.VHD, inspect.VDI, inspect.VMDK, inspect.ISO, inspect.OVA}
 
 // convertFile converts src into a raw file and returns the file's path.
 func convertFile(t testing.TB, img inspect.Image, dst string, opt Options) {
@@ -67,6 +67,7 @@ func TestConvertMatrix(t *testing.T) {
 	dir := t.TempDir()
 	for _, s := range buildSources(t, dir, matrixFormats...) {
 		t.Run(s.name, func(t *testing.T) {
+			t.Parallel()
 			want, wantSize := reference(t, s)
 			img := openSource(t, s)
 			if img.Size() != wantSize {

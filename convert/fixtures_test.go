@@ -17,7 +17,9 @@ import (
 type source struct {
 	name string
 	path string
-	opt  inspect.OpenOptions // what glimpse opens it with (Format, AllowBacking)
+	// format is what glimpse must open it as.
+	format inspect.Format
+	opt    inspect.OpenOptions // what glimpse opens it with (Format, AllowBacking)
 	// qemuFormat is qemu-img's -f for the reference conversion ("" to probe).
 	qemuFormat string
 	// ref is what qemu-img converts for the reference when it differs from path (the
@@ -205,7 +207,7 @@ func buildSources(t testing.TB, dir string, formats ...inspect.Format) []source 
 	writeBase(t, base)
 	var out []source
 	if want(inspect.Raw) {
-		out = append(out, source{name: "raw", path: base, qemuFormat: "raw"})
+		out = append(out, source{name: "raw", path: base, format: inspect.Raw, qemuFormat: "raw"})
 	}
 	for _, v := range variants {
 		if !want(v.format) {
@@ -213,7 +215,7 @@ func buildSources(t testing.TB, dir string, formats ...inspect.Format) []source 
 		}
 		p := filepath.Join(dir, v.file)
 		qemutest.Img(t, append(append([]string{"convert", "-f", "raw"}, v.qemu...), base, p)...)
-		s := source{name: v.name, path: p, opt: inspect.OpenOptions{AllowBacking: v.allowBacking}}
+		s := source{name: v.name, path: p, format: v.format, opt: inspect.OpenOptions{AllowBacking: v.allowBacking}}
 		if v.declare {
 			s.opt.Format = v.format
 			s.qemuFormat = qemuName(v.format)
@@ -226,26 +228,26 @@ func buildSources(t testing.TB, dir string, formats ...inspect.Format) []source 
 		z := filepath.Join(dir, "zero.qcow2")
 		qemutest.Img(t, "convert", "-f", "raw", "-O", "qcow2", base, z)
 		qemutest.IO(t, z, "qcow2", "write -z 3M 64k", "write -z -u 5M 128k", "write -P 0x5a 3M+4k 512", "write -z 7M+64k 1M")
-		out = append(out, source{name: "qcow2-zero", path: z})
+		out = append(out, source{name: "qcow2-zero", path: z, format: inspect.QCOW2})
 		// Subclusters: partial writes into unallocated clusters of an extended-L2 image.
 		s := qemutest.Create(t, dir, "sub.qcow2", "qcow2", "4M", "extended_l2=on", "cluster_size=128k")
 		qemutest.IO(t, s, "qcow2", "write -P 0x11 0 4k", "write -P 0x22 132k 8k", "write -z 1M 128k", "write -P 0x33 1M+64k 4k", "write -P 0x44 4M-512 512")
-		out = append(out, source{name: "qcow2-subclusters", path: s})
+		out = append(out, source{name: "qcow2-subclusters", path: s, format: inspect.QCOW2})
 		// A backing chain: an overlay over a base, with writes over and beside the base's data.
 		bq := filepath.Join(dir, "chain-base.qcow2")
 		qemutest.Img(t, "convert", "-f", "raw", "-O", "qcow2", base, bq)
 		top := filepath.Join(dir, "chain-top.qcow2")
 		qemutest.Img(t, "create", "-q", "-f", "qcow2", "-b", "chain-base.qcow2", "-F", "qcow2", top)
 		qemutest.IO(t, top, "qcow2", "write -P 0x77 0 4k", "write -P 0x78 3M+8k 64k", "write -z 7M 64k", "write -P 0x79 4M 4k")
-		out = append(out, source{name: "qcow2-backing", path: top, opt: inspect.OpenOptions{AllowBacking: true}})
+		out = append(out, source{name: "qcow2-backing", path: top, format: inspect.QCOW2, opt: inspect.OpenOptions{AllowBacking: true}})
 	}
 	if want(inspect.ISO) {
-		out = append(out, source{name: "iso", path: buildISO(t, dir), qemuFormat: "raw"})
+		out = append(out, source{name: "iso", path: buildISO(t, dir), format: inspect.ISO, qemuFormat: "raw"})
 	}
 	if want(inspect.OVA) {
 		vmdk := filepath.Join(dir, "inner.vmdk")
 		qemutest.Img(t, "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized", base, vmdk)
-		out = append(out, source{name: "ova", path: buildOVA(t, dir, vmdk), ref: vmdk})
+		out = append(out, source{name: "ova", path: buildOVA(t, dir, vmdk), format: inspect.OVA, ref: vmdk})
 	}
 	return out
 }
@@ -257,6 +259,9 @@ func openSource(t testing.TB, s source) inspect.Image {
 		t.Fatalf("%s: %v", s.name, err)
 	}
 	t.Cleanup(func() { img.Close() })
+	if s.format != "" && img.Info().Format != s.format {
+		t.Fatalf("%s: opened as %s, want %s", s.name, img.Info().Format, s.format)
+	}
 	return img
 }
 

@@ -48,9 +48,11 @@ func (e MapEntry) MarshalJSON() ([]byte, error) {
 	return json.Marshal(x)
 }
 
-// entryOf turns an extent into a map entry. Raw images map guest offsets to the same
-// file offsets everywhere, zeros included, and qemu-img says so.
-func entryOf(e inspect.Extent, raw bool) MapEntry {
+// entryOf turns an extent into a map entry as qemu-img reports it. Raw images map guest
+// offsets to the same file offsets everywhere, zeros included. For formats whose qemu
+// driver has no backing files (vhd, vdi, raw), an unallocated run cannot be decided by a
+// lower layer, so qemu calls it present (and zero); qcow2 and vmdk call it not present.
+func entryOf(e inspect.Extent, raw, noBacking bool) MapEntry {
 	m := MapEntry{Start: e.Start, Length: e.Length, Depth: e.Depth, Offset: -1}
 	switch e.Kind {
 	case inspect.KindData:
@@ -60,7 +62,7 @@ func entryOf(e inspect.Extent, raw bool) MapEntry {
 	case inspect.KindZero:
 		m.Present, m.Zero = true, true
 	case inspect.KindHole:
-		m.Zero = true
+		m.Zero, m.Present = true, noBacking
 	}
 	if raw && e.Depth == 0 {
 		m.Offset = e.Start
@@ -82,7 +84,9 @@ func mergeable(cur, next MapEntry) bool {
 // map merges them. It stops at fn's first error, or when ctx is cancelled.
 func Map(ctx context.Context, img inspect.Image, fn func(MapEntry) error) error {
 	size := img.Size()
-	raw := img.Info().Format == inspect.Raw
+	format := img.Info().Format
+	raw := format == inspect.Raw
+	noBacking := format == inspect.Raw || format == inspect.VHD || format == inspect.VDI || format == inspect.ISO
 	var cur MapEntry
 	for pos := int64(0); pos < size; {
 		if err := ctx.Err(); err != nil {
@@ -96,7 +100,7 @@ func Map(ctx context.Context, img inspect.Image, fn func(MapEntry) error) error 
 			return fmt.Errorf("map: extent %+v at guest offset %d does not tile the disk", e, pos)
 		}
 		pos = e.End()
-		next := entryOf(e, raw)
+		next := entryOf(e, raw, noBacking)
 		if mergeable(cur, next) {
 			cur.Length += next.Length
 			continue

@@ -18,7 +18,7 @@ import (
 )
 
 // cliFormats are the source formats the CLI tests build; nil means all of cliVariants.
-var cliFormats = []inspect.Format{inspect.Raw, inspect.VHD, inspect.VDI}
+var cliFormats = []inspect.Format{inspect.Raw, inspect.VHD, inspect.VDI, inspect.VMDK}
 
 // cliSource is an image the CLI tests convert, compare and map.
 type cliSource struct {
@@ -97,6 +97,7 @@ func TestConvertCLI(t *testing.T) {
 	dir := t.TempDir()
 	for _, s := range cliSources(t, dir) {
 		t.Run(s.name, func(t *testing.T) {
+			t.Parallel()
 			want, wantSize := qemutest.ConvertSHA256(t, s.path, s.qemuFormat)
 			out := filepath.Join(t.TempDir(), "out.raw")
 			for _, flags := range [][]string{nil, {"-O", "raw", "-m", "1"}, {"-S", "64k", "-p"}, {"-S", "0", "-t", "writeback"}} {

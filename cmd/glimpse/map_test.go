@@ -26,7 +26,7 @@ func TestMapCLIWithQemu(t *testing.T) {
 		srcs = append(srcs, cliSource{name: "backing", path: top, args: []string{"--allow-backing"}})
 	}
 	for _, s := range srcs {
-		if s.name != "raw" && s.name != "backing" && !strings.HasPrefix(s.name, "qcow2") {
+		if !strings.HasPrefix(s.name, "qcow2") && !slices.Contains([]string{"raw", "backing", "vmdk", "vmdk-stream", "vhd"}, s.name) {
 			continue
 		}
 		t.Run(s.name, func(t *testing.T) {
