@@ -57,11 +57,12 @@ func (v vmdkInterval) String() string {
 
 func (sp *vmdkSparse) check(r *Report, descOff, descLen int64) {
 	name := sp.file
-	gd, err := sp.directory()
+	dir, err := sp.directory()
 	if err != nil {
 		r.Add(CheckError, "grain directory", max(sp.gdOff, -1), "%s: %v", name, err)
 		return
 	}
+	gd := dir.ents
 	gdBytes := sp.gdEntries * 4
 	if !within(sp.gdOff, gdBytes, sp.size) {
 		r.Add(Corruption, "grain directory", sp.gdOff, "%s: the grain directory (%d bytes at %d) extends past the end of the file (%d bytes)", name, gdBytes, sp.gdOff, sp.size)

@@ -141,7 +141,7 @@ type vmdkSparse struct {
 	finds []Finding
 
 	gdMu   sync.Mutex
-	gd     atomic.Pointer[[]uint32]
+	gd     atomic.Pointer[vmdkDir]
 	gts    vmdkGTCache
 	grains vmdkGrains // io.ReaderAt of guest bytes for compressed grains
 	cache  vmdkGrainCache
@@ -361,12 +361,45 @@ func readZeroFill(r io.ReaderAt, b []byte, off int64) error {
 	return nil
 }
 
+// vmdkDir is a loaded grain directory: the entries inside the file, and the runs of
+// unallocated entries (so that a hole spans every unallocated grain table in one lookup).
+type vmdkDir struct {
+	ents  []uint32
+	holes []vmdkRun // sorted runs of zero entries, [start, end) indices
+}
+
+type vmdkRun struct{ start, end int64 }
+
+// holeEnd returns the index of the first allocated entry at or after gi (a zero entry),
+// or gdEntries when there is none.
+func (d *vmdkDir) holeEnd(gi, gdEntries int64) int64 {
+	if gi >= int64(len(d.ents)) {
+		return gdEntries
+	}
+	lo, hi := 0, len(d.holes)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if d.holes[m].end <= gi {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	if lo == len(d.holes) {
+		return gi + 1
+	}
+	if e := d.holes[lo].end; e < int64(len(d.ents)) {
+		return e
+	}
+	return gdEntries
+}
+
 // directory returns the grain directory, reading it on first use. Entries that lie past
 // the end of the file read as zero (unallocated), as qemu reads them; only the part inside
 // the file is held in memory.
-func (sp *vmdkSparse) directory() ([]uint32, error) {
+func (sp *vmdkSparse) directory() (*vmdkDir, error) {
 	if p := sp.gd.Load(); p != nil {
-		return *p, nil
+		return p, nil
 	}
 	if sp.gdErr != nil {
 		return nil, sp.gdErr
@@ -377,14 +410,27 @@ func (sp *vmdkSparse) directory() ([]uint32, error) {
 	sp.gdMu.Lock()
 	defer sp.gdMu.Unlock()
 	if p := sp.gd.Load(); p != nil {
-		return *p, nil
+		return p, nil
 	}
-	gd, err := sp.readDirectory(sp.gdOff)
+	ents, err := sp.readDirectory(sp.gdOff)
 	if err != nil {
 		return nil, err
 	}
-	sp.gd.Store(&gd)
-	return gd, nil
+	d := &vmdkDir{ents: ents}
+	for i := int64(0); i < int64(len(ents)); {
+		if ents[i] != 0 {
+			i++
+			continue
+		}
+		j := i
+		for j < int64(len(ents)) && ents[j] == 0 {
+			j++
+		}
+		d.holes = append(d.holes, vmdkRun{i, j})
+		i = j
+	}
+	sp.gd.Store(d)
+	return d, nil
 }
 
 // readDirectory reads gdEntries 32-bit entries at off, keeping only those inside the file.
@@ -489,7 +535,9 @@ func (sp *vmdkSparse) gtRun(gt uint32, i int64) (first uint32, n int64, err erro
 	return first, n, nil
 }
 
-// run measures the run of entries starting at ents[i].
+// run measures the run of entries starting at ents[i]: equal entries for holes and zeroed
+// grains, sector-contiguous grains for uncompressed data, any allocated grains for
+// compressed data.
 func (sp *vmdkSparse) run(ents []uint32, i int64) (uint32, int64) {
 	first := ents[i]
 	n := int64(1)
@@ -499,6 +547,10 @@ func (sp *vmdkSparse) run(ents []uint32, i int64) (uint32, int64) {
 			n++
 		}
 	case sp.compressed:
+		// compressed grains are read through vmdkGrains, which follows the table itself
+		for i+n < int64(len(ents)) && ents[i+n] != 0 && !(ents[i+n] == vmdkGTEZeroed && sp.zeroGrain) {
+			n++
+		}
 	default:
 		step := uint32(sp.grain / vmdkSector)
 		for i+n < int64(len(ents)) && ents[i+n] == first+uint32(n)*step && uint64(first)+uint64(n)*uint64(step) <= math.MaxUint32 {
@@ -510,15 +562,15 @@ func (sp *vmdkSparse) run(ents []uint32, i int64) (uint32, int64) {
 
 // entry returns the grain table entry of grain g (extent-relative), 0 when unallocated.
 func (sp *vmdkSparse) entry(g int64) (uint32, error) {
-	gd, err := sp.directory()
+	d, err := sp.directory()
 	if err != nil {
 		return 0, err
 	}
 	gi := g / sp.numGTEs
-	if gi >= int64(len(gd)) || gd[gi] == 0 {
+	if gi >= int64(len(d.ents)) || d.ents[gi] == 0 {
 		return 0, nil
 	}
-	e, _, err := sp.gtRun(gd[gi], g%sp.numGTEs)
+	e, _, err := sp.gtRun(d.ents[gi], g%sp.numGTEs)
 	return e, err
 }
 
@@ -529,17 +581,20 @@ func (sp *vmdkSparse) lookup(rel, limit int64) (segment, error) {
 	if rel >= end { // a descriptor that claims more than the extent holds
 		return segment{kind: KindHole, length: limit - rel, host: -1}, nil
 	}
-	gd, err := sp.directory()
+	d, err := sp.directory()
 	if err != nil {
 		return segment{}, err
 	}
 	g := rel >> sp.grainShift
 	gi := g / sp.numGTEs
-	tableEnd := min(end, (gi+1)*sp.numGTEs*sp.grain)
-	if gi >= int64(len(gd)) || gd[gi] == 0 {
-		return segment{kind: KindHole, length: tableEnd - rel, host: -1}, nil
+	perGT := sp.numGTEs * sp.grain
+	if gi >= int64(len(d.ents)) || d.ents[gi] == 0 {
+		// every unallocated grain table from here on is one hole
+		next := d.holeEnd(gi, sp.gdEntries)
+		return segment{kind: KindHole, length: min(end, satMul(next, perGT)) - rel, host: -1}, nil
 	}
-	first, n, err := sp.gtRun(gd[gi], g%sp.numGTEs)
+	tableEnd := min(end, (gi+1)*perGT)
+	first, n, err := sp.gtRun(d.ents[gi], g%sp.numGTEs)
 	if err != nil {
 		return segment{}, err
 	}
