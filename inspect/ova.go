@@ -766,7 +766,8 @@ func (s *ovaOpen) openDisk(m *ovaMember) error {
 			return fmt.Errorf("disk member %q: %w", m.Name, err)
 		}
 		s.opened[m] = &ovaOpened{err: err}
-		f.problem(code, m.Name, m.Offset, "%s: %v", m.Name, err)
+		msg := strings.TrimPrefix(err.Error(), ovaChildName(s.o, m)+": ")
+		f.problem(code, m.Name, m.Offset, "%s: %s", m.Name, msg)
 		return nil
 	}
 	s.opened[m] = &ovaOpened{d: child}
@@ -1027,10 +1028,7 @@ func ovaOpenDisk(o *opener, m *ovaMember) (*disk, error) {
 	if fs := probeAll(p); len(fs) > 0 && (fs[0] == OVA || fs[0] == OVF) {
 		return nil, ferr(OVA, "disk member", "", m.Offset, nil, "%q is itself an %s, not a disk", m.Name, fs[0])
 	}
-	name := m.Name
-	if o.name != "" {
-		name = o.name + "/" + m.Name
-	}
+	name := ovaChildName(o, m)
 	opt := OpenOptions{Name: name, Logger: o.opt.Logger, depth: o.opt.depth + 1, chain: o.opt.chain}
 	digest := o.digest
 	if digest == nil {
@@ -1044,6 +1042,14 @@ func ovaOpenDisk(o *opener, m *ovaMember) (*disk, error) {
 		return digest(m.Offset+off, n, algo)
 	}
 	return openWith(child, nil)
+}
+
+// ovaChildName names a disk member as "archive.ova/member.vmdk".
+func ovaChildName(o *opener, m *ovaMember) string {
+	if o.name == "" {
+		return m.Name
+	}
+	return o.name + "/" + m.Name
 }
 
 func (c *ovaCore) size() int64 { return c.vsize }

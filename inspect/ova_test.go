@@ -518,7 +518,11 @@ func TestOVAForklift(t *testing.T) {
 		t.Errorf("damaged OVA is clean: %+v", bad.Info())
 	}
 	t.Logf("damaged: findings %v; check %d errors %d corruptions", bad.Safety(), r.CheckErrors, r.Corruptions)
-	validate(t, bad)
+	if bad.Size() > 0 {
+		if _, err := bad.ReadAt(make([]byte, 512), 0); err == nil {
+			t.Error("damaged: the broken disk reads")
+		}
+	}
 }
 
 // cot/test.tar holds a manifest and a text file, no descriptor. It is not an OVA: it probes
