@@ -496,7 +496,7 @@ func FuzzVDI(f *testing.F) {
 	b := vdiCrafted()[:2048]
 	binary.LittleEndian.PutUint32(b[0x17c:], 512)
 	f.Add(b)
-	if _, err := exec.LookPath("qemu-io"); err == nil || qemutest.InCI() {
+	if _, err := exec.LookPath("qemu-io"); (err == nil || qemutest.InCI()) && !ptFuzzWorker() {
 		for _, fx := range vdiFixtures(f, f.TempDir()) {
 			fuzzSeeds(f, fx.path)
 		}
