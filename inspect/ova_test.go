@@ -223,6 +223,10 @@ func ovaCrafted(t testing.TB, dir string) []fixture {
 // forklift-console-plugin samples (used in place), and the crafted archives.
 func ovaFixtures(t testing.TB, dir string) []fixture {
 	qemutest.Need(t, "tar", "qemu-img")
+	dir = filepath.Join(dir, "ova-fixtures")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	var out []fixture
 	type diskKind struct {
 		name, file string
@@ -392,7 +396,7 @@ func TestOVAChildFormats(t *testing.T) {
 			if img.Size() != 2<<20 || info.Children[0].VirtualSize != 2<<20 {
 				t.Errorf("size %d, child %d, want %d", img.Size(), info.Children[0].VirtualSize, 2<<20)
 			}
-			diskFile := filepath.Join(dir, name+".d", o.Disks[0].Member)
+			diskFile := filepath.Join(dir, "ova-fixtures", name+".d", o.Disks[0].Member)
 			compareWithQemu(t, diskFile, "", info.Children[0])
 			if name == "qcow2-backing-ustar" {
 				found := false

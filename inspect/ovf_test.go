@@ -130,10 +130,22 @@ func ovfCrafted() []struct {
 // ovfFixtures are the standalone descriptors: the third-party samples (used in place) and
 // the crafted ones, written into dir. qemu-img has no OVF driver, and a descriptor holds no
 // guest data.
+//
+// wrong-root.ovf and wrong-namespace.ovf are XML without an OVF envelope: undeclared they
+// probe as raw (which is what they are to qemu); declared ovf, they are OVFs with an
+// ovf-structure finding (TestOVFCrafted).
 func ovfFixtures(t testing.TB, dir string) []fixture {
+	dir = filepath.Join(dir, "ovf-fixtures")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	var out []fixture
 	for _, c := range ovfCrafted() {
-		out = append(out, fixture{name: "ovf/" + c.name, path: ovfWriteFile(t, dir, c.name, []byte(c.doc)), qemuFormat: "-", format: OVF, findings: c.findings})
+		fx := fixture{name: "ovf/" + c.name, path: ovfWriteFile(t, dir, c.name, []byte(c.doc)), qemuFormat: "-", format: OVF, findings: c.findings}
+		if c.name == "wrong-root.ovf" || c.name == "wrong-namespace.ovf" {
+			fx.qemuFormat, fx.format, fx.findings, fx.readable = "", Raw, nil, true
+		}
+		out = append(out, fx)
 	}
 	if qemutest.SharedDirOrEmpty() != "" {
 		for _, s := range ovfSamples {
@@ -271,14 +283,16 @@ func TestOVFSampleDetail(t *testing.T) {
 
 func TestOVFCrafted(t *testing.T) {
 	dir := t.TempDir()
-	for _, fx := range ovfFixtures(t, dir) {
-		if !strings.HasPrefix(fx.name, "ovf/") || strings.Contains(fx.name, "/cot/") {
-			continue
-		}
-		t.Run(fx.name, func(t *testing.T) {
+	fixtures := ovfFixtures(t, dir)
+	for i, c := range ovfCrafted() {
+		fx := fixtures[i]
+		t.Run(c.name, func(t *testing.T) {
 			img := openT(t, fx.path, OpenOptions{Format: OVF})
-			if !ovfSameCodes(img.Safety(), fx.findings) {
-				t.Errorf("findings %v, want %v", img.Safety(), fx.findings)
+			if !ovfSameCodes(img.Safety(), c.findings) {
+				t.Errorf("findings %v, want %v", img.Safety(), c.findings)
+			}
+			if f, err := ovfProbeFile(t, fx.path); err != nil || f != fx.format {
+				t.Errorf("Probe = %v, %v; want %s", f, err, fx.format)
 			}
 			for _, f := range img.Safety() {
 				if f.Message == "" {
@@ -287,6 +301,7 @@ func TestOVFCrafted(t *testing.T) {
 			}
 		})
 	}
+	dir = filepath.Join(dir, "ovf-fixtures")
 	img := openT(t, filepath.Join(dir, "clean.ovf"), OpenOptions{})
 	if img.Info().Format != OVF || img.Size() != 4<<30 {
 		t.Errorf("clean.ovf: %s %d", img.Info().Format, img.Size())
@@ -299,6 +314,45 @@ func TestOVFCrafted(t *testing.T) {
 	}
 	if _, err := OpenFile(filepath.Join(dir, "clean.ovf"), OpenOptions{Disk: "7"}); err == nil {
 		t.Error("Disk 7 of 2 opened")
+	}
+}
+
+// A VirtualSystemCollection: every system is listed with its collection, nested ones too.
+func TestOVFCollection(t *testing.T) {
+	doc := `<?xml version="1.0"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData">
+  <References/>
+  <VirtualSystemCollection ovf:id="app">
+    <Info>two tiers</Info>
+    <VirtualSystem ovf:id="web"><Info/><Name>web server</Name>
+      <VirtualHardwareSection><Info/>
+        <Item><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>2</rasd:VirtualQuantity></Item>
+      </VirtualHardwareSection>
+    </VirtualSystem>
+    <VirtualSystemCollection ovf:id="backend">
+      <Info/>
+      <VirtualSystem ovf:id="db"><Info/>
+        <VirtualHardwareSection><Info/>
+          <Item><rasd:AllocationUnits>GigaBytes</rasd:AllocationUnits><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>8</rasd:VirtualQuantity></Item>
+        </VirtualHardwareSection>
+      </VirtualSystem>
+    </VirtualSystemCollection>
+  </VirtualSystemCollection>
+</Envelope>`
+	img, err := Open(strings.NewReader(doc), int64(len(doc)), OpenOptions{Name: "app.ovf"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := img.Info().FormatSpecific.Data.(*OVFInfo)
+	if len(img.Safety()) != 0 || img.Size() != 0 || !slices.Equal(o.Collections, []string{"app", "backend"}) || len(o.VirtualSystems) != 2 {
+		t.Fatalf("findings %v, size %d, %+v", img.Safety(), img.Size(), o)
+	}
+	web, db := o.VirtualSystems[0], o.VirtualSystems[1]
+	if web.ID != "web" || web.Name != "web server" || web.Collection != "app" || web.CPUs != 2 {
+		t.Errorf("web %+v", web)
+	}
+	if db.ID != "db" || db.Collection != "backend" || db.Memory != 8<<30 {
+		t.Errorf("db %+v", db)
 	}
 }
 
