@@ -406,7 +406,9 @@ func (c *vmdkCore) fromDescriptor(o *opener, d *vmdkDescriptor, window string) (
 		c.find(FindCreateType, "the descriptor has no createType")
 	}
 	// qemu's view of the extents: what it would open and how big it would see the disk.
-	if qe, ok := qemuExtents(d.text); !ok {
+	if qe, ok, known := qemuExtents(d.text); !known {
+		c.find(FindDescriptor, "the descriptor is built so that qemu's extent scan runs on across many lines: how qemu reads it was not determined")
+	} else if !ok {
 		c.find(FindDescriptor, "qemu rejects an extent line of this descriptor")
 	} else if !vmdkSameExtents(qe, d.extents) {
 		var qs int64

@@ -401,10 +401,14 @@ type qemuExtent struct {
 // qemuExtents emulates vmdk_parse_extents: at each line start,
 // sscanf(p, "%10s %" SCNd64 " %10s \"%511[^\n\r\"]\" %" SCNd64, …), whose whitespace
 // directives skip newlines too; only RW extents of the types qemu knows are kept. ok is
-// false where qemu rejects an extent line and fails to open the image.
-func qemuExtents(text string) (out []qemuExtent, ok bool) {
+// false where qemu rejects an extent line and fails to open the image. Because every line
+// start scans on across the lines that follow, a text of blank lines costs quadratic
+// time: the scan stops after qemuScanBudget characters per byte of text, and known is
+// then false.
+func qemuExtents(text string) (out []qemuExtent, ok, known bool) {
+	budget := qemuScanBudget * (len(text) + 1)
 	for p := 0; p < len(text); {
-		s := cScanner{s: text, i: p}
+		s := cScanner{s: text, i: p, budget: &budget}
 		access, m1 := s.str(10)
 		var sectors, offset int64
 		var typ, file string
@@ -429,6 +433,9 @@ func qemuExtents(text string) (out []qemuExtent, ok bool) {
 				}
 			}
 		}
+		if budget < 0 {
+			return nil, true, false
+		}
 		if nl := strings.IndexByte(text[p:], '\n'); nl >= 0 {
 			p += nl + 1
 		} else {
@@ -440,15 +447,15 @@ func qemuExtents(text string) (out []qemuExtent, ok bool) {
 		switch {
 		case typ == "FLAT":
 			if matches != 5 || offset < 0 {
-				return out, false
+				return out, false, true
 			}
 		case typ == "VMFS":
 			if matches != 4 {
-				return out, false
+				return out, false, true
 			}
 			offset = 0
 		case matches != 4:
-			return out, false
+			return out, false, true
 		}
 		if sectors <= 0 {
 			continue
@@ -458,13 +465,23 @@ func qemuExtents(text string) (out []qemuExtent, ok bool) {
 			out = append(out, qemuExtent{sectors: sectors, typ: typ, file: file, offset: offset})
 		}
 	}
-	return out, true
+	return out, true, true
 }
+
+// qemuScanBudget bounds the emulated scan: characters examined per byte of text.
+const qemuScanBudget = 16
 
 // cScanner emulates the few scanf directives qemu uses.
 type cScanner struct {
-	s string
-	i int
+	s      string
+	i      int
+	budget *int // characters left to examine; below zero, every directive fails
+}
+
+// step consumes one character of the budget.
+func (c *cScanner) step() bool {
+	*c.budget--
+	return *c.budget >= 0
 }
 
 func cSpace(c byte) bool {
@@ -472,7 +489,7 @@ func cSpace(c byte) bool {
 }
 
 func (c *cScanner) skipSpace() {
-	for c.i < len(c.s) && cSpace(c.s[c.i]) {
+	for c.i < len(c.s) && cSpace(c.s[c.i]) && c.step() {
 		c.i++
 	}
 }
@@ -481,10 +498,10 @@ func (c *cScanner) skipSpace() {
 func (c *cScanner) str(n int) (string, bool) {
 	c.skipSpace()
 	start := c.i
-	for c.i < len(c.s) && c.i-start < n && !cSpace(c.s[c.i]) {
+	for c.i < len(c.s) && c.i-start < n && !cSpace(c.s[c.i]) && c.step() {
 		c.i++
 	}
-	return c.s[start:c.i], c.i > start
+	return c.s[start:c.i], c.i > start && *c.budget >= 0
 }
 
 // int is " %lld": skip white space, optional sign, decimal digits (saturating).
@@ -497,7 +514,7 @@ func (c *cScanner) int() (int64, bool) {
 	}
 	start := c.i
 	var v int64
-	for c.i < len(c.s) && c.s[c.i] >= '0' && c.s[c.i] <= '9' {
+	for c.i < len(c.s) && c.s[c.i] >= '0' && c.s[c.i] <= '9' && c.step() {
 		d := int64(c.s[c.i] - '0')
 		if v > (1<<63-1-d)/10 {
 			v = 1<<63 - 1
@@ -506,7 +523,7 @@ func (c *cScanner) int() (int64, bool) {
 		}
 		c.i++
 	}
-	if c.i == start {
+	if c.i == start || *c.budget < 0 {
 		return 0, false
 	}
 	if neg {
@@ -526,11 +543,11 @@ func (c *cScanner) lit(b byte) bool {
 // set is "%N[^\n\r\"]".
 func (c *cScanner) set(n int) (string, bool) {
 	start := c.i
-	for c.i < len(c.s) && c.i-start < n {
+	for c.i < len(c.s) && c.i-start < n && c.step() {
 		if b := c.s[c.i]; b == '\n' || b == '\r' || b == '"' {
 			break
 		}
 		c.i++
 	}
-	return c.s[start:c.i], c.i > start
+	return c.s[start:c.i], c.i > start && *c.budget >= 0
 }

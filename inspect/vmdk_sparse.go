@@ -1,7 +1,6 @@
 package inspect
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -50,14 +49,16 @@ const (
 	vmdkMarkerFooter = 3
 
 	// Spec and qemu bounds on header fields.
-	vmdkMaxGTEs       = 512                // numGTEsPerGT: the spec fixes 512; qemu refuses more
-	vmdkMaxGrain      = 0x200000           // grain size in sectors (1 GiB): qemu's limit
-	vmdkMaxGDEntries  = 32 << 20           // qemu's "L1 size too big"
-	vmdkGTEZeroed     = 1                  // GTE value of a zeroed grain (zeroed-grain flag)
-	vmdkGTCacheSlots  = 64                 // grain tables cached per extent (at most 128 KiB)
-	vmdkGrainCacheMax = 1 << 20            // grains up to this size are cached for partial reads
-	vmdkInMemoryInput = 4 << 20            // compressed grains up to this size are read into memory
-	vmdkMaxOffset     = math.MaxInt64 >> 9 // largest sector number whose byte offset fits int64
+	vmdkMaxGTEs      = 512      // numGTEsPerGT: the spec fixes 512; qemu refuses more
+	vmdkMaxGrain     = 0x200000 // grain size in sectors (1 GiB): qemu's limit
+	vmdkMaxGDEntries = 32 << 20 // qemu's "L1 size too big"
+	vmdkGTEZeroed    = 1        // GTE value of a zeroed grain (zeroed-grain flag)
+	vmdkGTCacheSlots = 64       // grain tables cached per extent (at most 128 KiB)
+	// vmdkMaxCompressedGrain bounds the grains of compressed extents glimpse reads (qemu
+	// allows 1 GiB, and allocates that much per read): every read inflates a whole grain,
+	// so the bound is the cost of one read. streamOptimized files use 64 KiB grains.
+	vmdkMaxCompressedGrain = 1 << 20
+	vmdkMaxOffset          = math.MaxInt64 >> 9 // largest sector number whose byte offset fits int64
 )
 
 // vmdkHeader is the decoded hosted sparse extent header (after the magic).
@@ -267,6 +268,9 @@ func openVMDKSparse(r io.ReaderAt, size int64, sizeKnown bool, file string) (*vm
 	}
 	if over := int64(h.OverHead) * vmdkSector; sizeKnown && over > size {
 		sp.find(FindPastEOF, "overHead says the metadata takes %d bytes, but the file has %d (qemu: file truncated)", over, size)
+	}
+	if sp.compressed && sp.grain > vmdkMaxCompressedGrain {
+		sp.find(FindUnreadableSection, "compressed grains of %d bytes: glimpse reads compressed grains of at most %d", sp.grain, vmdkMaxCompressedGrain)
 	}
 	if gdBytes > maxMetadataRead {
 		sp.gdErr = unsupported(VMDK, "%s: a grain directory of %d bytes is larger than glimpse reads (%d)", file, gdBytes, maxMetadataRead)
@@ -662,8 +666,11 @@ type vmdkGrainCache struct {
 }
 
 func (sp *vmdkSparse) readGrain(g int64, e uint32, in int64, p []byte) error {
-	if in == 0 || sp.grain > vmdkGrainCacheMax {
-		return sp.inflateGrain(g, e, in, p)
+	if sp.grain > vmdkMaxCompressedGrain {
+		return unsupported(VMDK, "%s: compressed grains of %d bytes (glimpse reads at most %d)", sp.file, sp.grain, vmdkMaxCompressedGrain)
+	}
+	if in == 0 && int64(len(p)) == min(sp.grain, sp.capacity-g*sp.grain) {
+		return sp.inflateGrain(g, e, in, p) // the whole grain: straight into p
 	}
 	c := &sp.cache
 	c.mu.Lock()
@@ -724,8 +731,6 @@ func (sp *vmdkSparse) inflateGrain(g int64, e uint32, in int64, p []byte) error 
 type vmdkInflater struct {
 	fr   io.ReadCloser // *flate.decompressor, reset for each grain
 	br   bytes.Reader
-	bufr *bufio.Reader
-	sec  vmdkSection
 	in   []byte
 	mark [vmdkMarkerHeader]byte
 	zh   [2]byte // zlib header
@@ -734,34 +739,11 @@ type vmdkInflater struct {
 }
 
 var vmdkInflaters = sync.Pool{New: func() any {
-	z := &vmdkInflater{bufr: bufio.NewReaderSize(nil, 64<<10)}
+	z := &vmdkInflater{}
 	z.fr = flate.NewReader(&z.br)
 	z.out.sum = adler32.New()
 	return z
 }}
-
-// vmdkSection is an io.Reader over [off, off+n) of a ReaderAt.
-type vmdkSection struct {
-	r   io.ReaderAt
-	off int64
-	n   int64
-}
-
-func (s *vmdkSection) Read(p []byte) (int, error) {
-	if s.n <= 0 {
-		return 0, io.EOF
-	}
-	if int64(len(p)) > s.n {
-		p = p[:s.n]
-	}
-	k, err := s.r.ReadAt(p, s.off)
-	s.off += int64(k)
-	s.n -= int64(k)
-	if k > 0 && errors.Is(err, io.EOF) {
-		err = nil
-	}
-	return k, err
-}
 
 // vmdkGrainWriter receives the inflated bytes of one grain: it hashes them all, keeps the
 // window [lo, lo+len(dst)) in dst, and refuses more than limit bytes.
@@ -815,22 +797,16 @@ func (sp *vmdkSparse) inflate(g int64, e uint32, dst []byte, lo, n int64) (int64
 	if sp.sizeKnown && data < sp.size {
 		size = min(size, sp.size-data)
 	}
-	var src flate.Reader
-	if size <= vmdkInMemoryInput {
-		if int64(cap(z.in)) < size {
-			z.in = make([]byte, size)
-		}
-		in := z.in[:size]
-		if err := readZeroFill(sp.r, in, data); err != nil {
-			return 0, err
-		}
-		z.br.Reset(in)
-		src = &z.br
-	} else {
-		z.sec = vmdkSection{r: sp.r, off: data, n: size}
-		z.bufr.Reset(&z.sec)
-		src = z.bufr
+	// size is at most two grains of at most vmdkMaxCompressedGrain: read it whole
+	if int64(cap(z.in)) < size {
+		z.in = make([]byte, size)
 	}
+	in := z.in[:size]
+	if err := readZeroFill(sp.r, in, data); err != nil {
+		return 0, err
+	}
+	z.br.Reset(in)
+	src := &z.br
 	zh := z.zh[:]
 	if _, err := io.ReadFull(src, zh); err != nil {
 		return 0, bad("", nil, "compressed data truncated")

@@ -1050,6 +1050,41 @@ func TestVMDKDescriptorDifferences(t *testing.T) {
 	}
 }
 
+// A descriptor of blank lines made qemu's emulated sscanf scan quadratic (found by the
+// fuzzer's timeout); the scan is bounded and says so.
+func TestVMDKBlankLinesScan(t *testing.T) {
+	text := vmdkDescriptorText("vmfs") + strings.Repeat("\n", 60000) + "RW " + strings.Repeat("1", 4000) + " VMFS \"x\"\n"
+	start := time.Now()
+	img, err := vmdkOpenBytes(t, []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fuzzOpen(t, []byte(text), VMDK)
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("took %v", d)
+	}
+	if !slices.ContainsFunc(img.Safety(), func(f Finding) bool { return strings.Contains(f.Message, "not determined") }) {
+		t.Errorf("no finding about the undetermined scan: %v", img.Safety())
+	}
+}
+
+// Compressed grains above 1 MiB are described, checked and reported, not read.
+func TestVMDKHugeCompressedGrain(t *testing.T) {
+	b := vmdkCraftStream(16*128, map[int][]byte{0: []byte("x")}, func(b []byte) {
+		for _, off := range []int{0, len(b) - 1024} {
+			binary.LittleEndian.PutUint64(b[off+vmdkOffGrain:], 4096)
+		}
+	})
+	img, err := vmdkOpenBytes(t, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vmdkWantCodes(t, "huge grain", img.Safety(), FindUnreadableSection)
+	if _, err := img.ReadAt(make([]byte, 512), 0); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("read: %v, want ErrUnsupported", err)
+	}
+}
+
 func TestVMDKProbe(t *testing.T) {
 	for _, c := range []struct {
 		text string
