@@ -95,23 +95,20 @@ func TestCompareWithQemu(t *testing.T) {
 			formats = append(formats, qemuName(f))
 		}
 	}
-	conv := func(src, format string) string {
+	convName := func(src, format string) string {
 		if format == "raw" {
 			return src
 		}
-		p := strings.TrimSuffix(src, ".raw") + "." + format
-		if _, err := os.Stat(p); err != nil {
-			qemutest.Img(t, "convert", "-f", "raw", "-O", format, src, p)
-		}
-		return p
+		return strings.TrimSuffix(src, ".raw") + "." + format
 	}
 	type combo struct {
 		fa, fb string
-		all    bool // every pair, or only a few (each run of qemu-img costs ~0.1 s)
+		all    bool // every pair, or only a few (each run of qemu-img costs time)
 	}
-	var combos []combo // every format against raw, and each against the next one
+	// Each format against the raw pairs, and against the next format with a few pairs.
+	var combos []combo
 	for i, f := range formats {
-		combos = append(combos, combo{"raw", f, true})
+		combos = append(combos, combo{f, "raw", true})
 		if len(formats) > 2 {
 			combos = append(combos, combo{f, formats[(i+1)%len(formats)], false})
 		}
@@ -121,20 +118,28 @@ func TestCompareWithQemu(t *testing.T) {
 		names = append(names, name)
 	}
 	slices.Sort(names)
-	// Convert everything first, then compare in parallel: each qemu-img run is mostly
-	// waiting.
 	type tc struct {
 		fa, fb, a, b, name string
 		strict             bool
 	}
 	var cases []tc
+	var jobs [][]string
+	seen := map[string]bool{}
+	conv := func(src, format string) string {
+		p := convName(src, format)
+		if p != src && !seen[p] {
+			seen[p] = true
+			jobs = append(jobs, []string{"convert", "-f", "raw", "-O", format, src, p})
+		}
+		return p
+	}
 	for _, cb := range combos {
 		a := conv(base, cb.fa)
 		for _, name := range names {
 			if !cb.all && name != "data" && name != "hole" && name != "longer-data" {
 				continue
 			}
-			if cb.fb == "vpc" && (strings.HasPrefix(name, "longer") || name == "shorter") {
+			if (cb.fa == "vpc" || cb.fb == "vpc") && (strings.HasPrefix(name, "longer") || name == "shorter") {
 				continue // vpc rounds sizes to its CHS geometry: a different pair
 			}
 			b := conv(pairs[name], cb.fb)
@@ -147,6 +152,7 @@ func TestCompareWithQemu(t *testing.T) {
 			}
 		}
 	}
+	qemuParallel(t, jobs) // convert everything first, then compare in parallel
 	for _, c := range cases {
 		t.Run(fmt.Sprintf("%s-%s-%s-%v", c.fa, c.fb, c.name, c.strict), func(t *testing.T) {
 			t.Parallel()
@@ -299,6 +305,11 @@ func TestMapWithQemu(t *testing.T) {
 				}
 				return
 			}
+			if s.name == "qcow2-zero" {
+				// qemu-img gives the host offset of zero clusters that keep their
+				// storage; glimpse's extents carry offsets for data only.
+				want = dropZeroOffsets(want)
+			}
 			if len(got) != len(want) {
 				t.Fatalf("%d entries, qemu-img has %d:\n got %+v\nwant %+v", len(got), len(want), got, want)
 			}
@@ -309,6 +320,22 @@ func TestMapWithQemu(t *testing.T) {
 			}
 		})
 	}
+}
+
+// dropZeroOffsets forgets the offsets of zero runs and merges what then can be merged.
+func dropZeroOffsets(es []MapEntry) []MapEntry {
+	var out []MapEntry
+	for _, e := range es {
+		if e.Zero && !e.Data {
+			e.Offset = -1
+		}
+		if n := len(out); n > 0 && mergeable(out[n-1], e) {
+			out[n-1].Length += e.Length
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
 }
 
 func TestMapEntryJSON(t *testing.T) {

@@ -1,12 +1,15 @@
 package convert
 
 import (
+	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"glimpse/inspect"
@@ -209,12 +212,18 @@ func buildSources(t testing.TB, dir string, formats ...inspect.Format) []source 
 	if want(inspect.Raw) {
 		out = append(out, source{name: "raw", path: base, format: inspect.Raw, qemuFormat: "raw"})
 	}
+	var jobs [][]string
+	for _, v := range variants {
+		if want(v.format) {
+			jobs = append(jobs, append(append([]string{"convert", "-f", "raw"}, v.qemu...), base, filepath.Join(dir, v.file)))
+		}
+	}
+	qemuParallel(t, jobs)
 	for _, v := range variants {
 		if !want(v.format) {
 			continue
 		}
 		p := filepath.Join(dir, v.file)
-		qemutest.Img(t, append(append([]string{"convert", "-f", "raw"}, v.qemu...), base, p)...)
 		s := source{name: v.name, path: p, format: v.format, opt: inspect.OpenOptions{AllowBacking: v.allowBacking}}
 		if v.declare {
 			s.opt.Format = v.format
@@ -227,18 +236,18 @@ func buildSources(t testing.TB, dir string, formats ...inspect.Format) []source 
 		// leaves the cluster data-but-partly-overwritten.
 		z := filepath.Join(dir, "zero.qcow2")
 		qemutest.Img(t, "convert", "-f", "raw", "-O", "qcow2", base, z)
-		qemutest.IO(t, z, "qcow2", "write -z 3M 64k", "write -z -u 5M 128k", "write -P 0x5a 3M+4k 512", "write -z 7M+64k 1M")
+		qemutest.IO(t, z, "qcow2", "write -z 3M 64k", "write -z -u 5M 128k", "write -P 0x5a 3149824 512", "write -z 7405568 1M")
 		out = append(out, source{name: "qcow2-zero", path: z, format: inspect.QCOW2})
 		// Subclusters: partial writes into unallocated clusters of an extended-L2 image.
 		s := qemutest.Create(t, dir, "sub.qcow2", "qcow2", "4M", "extended_l2=on", "cluster_size=128k")
-		qemutest.IO(t, s, "qcow2", "write -P 0x11 0 4k", "write -P 0x22 132k 8k", "write -z 1M 128k", "write -P 0x33 1M+64k 4k", "write -P 0x44 4M-512 512")
+		qemutest.IO(t, s, "qcow2", "write -P 0x11 0 4k", "write -P 0x22 132k 8k", "write -z 1M 128k", "write -P 0x33 1114112 4k", "write -P 0x44 4193792 512")
 		out = append(out, source{name: "qcow2-subclusters", path: s, format: inspect.QCOW2})
 		// A backing chain: an overlay over a base, with writes over and beside the base's data.
 		bq := filepath.Join(dir, "chain-base.qcow2")
 		qemutest.Img(t, "convert", "-f", "raw", "-O", "qcow2", base, bq)
 		top := filepath.Join(dir, "chain-top.qcow2")
 		qemutest.Img(t, "create", "-q", "-f", "qcow2", "-b", "chain-base.qcow2", "-F", "qcow2", top)
-		qemutest.IO(t, top, "qcow2", "write -P 0x77 0 4k", "write -P 0x78 3M+8k 64k", "write -z 7M 64k", "write -P 0x79 4M 4k")
+		qemutest.IO(t, top, "qcow2", "write -P 0x77 0 4k", "write -P 0x78 3153920 64k", "write -z 7M 64k", "write -P 0x79 4M 4k")
 		out = append(out, source{name: "qcow2-backing", path: top, format: inspect.QCOW2, opt: inspect.OpenOptions{AllowBacking: true}})
 	}
 	if want(inspect.ISO) {
@@ -250,6 +259,31 @@ func buildSources(t testing.TB, dir string, formats ...inspect.Format) []source 
 		out = append(out, source{name: "ova", path: buildOVA(t, dir, vmdk), format: inspect.OVA, ref: vmdk})
 	}
 	return out
+}
+
+// qemuParallel runs qemu-img with each argument list, a few at a time: each run is
+// mostly waiting (process start, small files).
+func qemuParallel(t testing.TB, jobs [][]string) {
+	t.Helper()
+	qemutest.Need(t, "qemu-img")
+	errs := make([]error, len(jobs))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i, args := range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			if _, err := qemutest.Output("qemu-img", args...); err != nil {
+				errs[i] = fmt.Errorf("qemu-img %s: %w", strings.Join(args, " "), err)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func openSource(t testing.TB, s source) inspect.Image {
