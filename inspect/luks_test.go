@@ -35,9 +35,17 @@ func luksCreate(t testing.TB, dir, name string) string {
 		}
 		defer os.RemoveAll(tmp)
 		p := filepath.Join(tmp, "q.luks")
-		if _, err := qemutest.Output("qemu-img", "create", "-q", "--object", "secret,id=s0,data=pw", "-f", "luks",
-			"-o", "key-secret=s0,iter-time=10", p, "4M"); err != nil {
-			luksQemuErr = err
+		// qemu-img calibrates its key derivation on CPU time, and on a loaded machine it
+		// fails now and then ("Unable to get accurate CPU usage"): try again before giving up.
+		for try := 0; try < 5; try++ {
+			os.Remove(p)
+			_, luksQemuErr = qemutest.Output("qemu-img", "create", "-q", "--object", "secret,id=s0,data=pw", "-f", "luks",
+				"-o", "key-secret=s0,iter-time=10", p, "4M")
+			if luksQemuErr == nil {
+				break
+			}
+		}
+		if luksQemuErr != nil {
 			return
 		}
 		luksQemuBytes, luksQemuErr = os.ReadFile(p)

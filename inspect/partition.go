@@ -374,7 +374,7 @@ func (s *ptState) gptEntries(pt *PartitionTable, arr []byte, size, ss int) {
 		p := Partition{Index: idx, Type: typ, TypeName: gptTypeNames[typ], FirstLBA: first, LastLBA: last,
 			GUID: ptGUID(e[16:32]), Attributes: binary.LittleEndian.Uint64(e[48:]), Name: ptUTF16Name(e[56:128])}
 		p.Start, p.Length = -1, -1
-		if first <= last {
+		if first <= last && last-first+1 != 0 {
 			p.Start, p.Length = ptBytes(first, last-first+1, ss)
 		}
 		switch {

@@ -266,7 +266,7 @@ func rawFixtures(t testing.TB, dir string) []fixture {
 	// A GPT disk grown after partitioning (qemu-img resize): the backup header is no
 	// longer at the end, which is normal and not a finding.
 	grown := ptCopy(t, gpt, p("grown.raw"))
-	qemutest.Img(t, "resize", "-q", "-f", "raw", grown, "16M")
+	qemutest.Img(t, "resize", "-q", "-f", "raw", grown, "10M")
 	add("raw-gpt-grown", grown)
 
 	if qemutest.SharedDirOrEmpty() != "" {
