@@ -115,6 +115,11 @@ type ovaMember struct {
 	regular bool
 }
 
+type ovaChild struct {
+	d *disk
+	m *ovaMember
+}
+
 type ovaDisk struct {
 	d      *disk
 	member *ovaMember
@@ -125,7 +130,7 @@ type ovaDisk struct {
 type ovaCore struct {
 	info     OVAInfo
 	disks    []*ovaDisk // parallel to info.Disks
-	opened   []*disk    // every child, once
+	opened   []ovaChild // every disk member opened, once
 	children []Info
 	sel      int
 	vsize    int64
@@ -771,7 +776,7 @@ func (s *ovaOpen) openDisk(m *ovaMember) error {
 		return nil
 	}
 	s.opened[m] = &ovaOpened{d: child}
-	c.opened = append(c.opened, child)
+	c.opened = append(c.opened, ovaChild{child, m})
 	for _, x := range child.Safety() {
 		f.addFinding(Finding{x.Code, m.Name + ": " + x.Message})
 	}
@@ -1087,24 +1092,15 @@ func (c *ovaCore) lookup(off int64) (segment, error) {
 	return segment{}, fmt.Errorf("ova: disk %q was not opened", c.info.Disks[c.sel].DiskID)
 }
 
-// check merges the disks' checks (problems prefixed with the member name, offsets moved to
-// the archive) with the archive's own problems: manifest, tar structure, disks that could
+// check merges the checks of every disk member opened (problems prefixed with the member
+// name, offsets moved to the archive) with the archive's own problems: manifest, tar structure, disks that could
 // not be opened.
 func (c *ovaCore) check(r *Report) {
 	for _, p := range c.problems {
 		r.Add(p.Kind, p.Structure, p.Offset, "%s", p.Message)
 	}
-	for _, child := range c.opened {
-		var m *ovaMember
-		for _, d := range c.disks {
-			if d.d == child {
-				m = d.member
-				break
-			}
-		}
-		if m == nil {
-			continue
-		}
+	for _, ch := range c.opened {
+		child, m := ch.d, ch.m
 		cr := child.Check()
 		r.CheckErrors += cr.CheckErrors
 		r.Corruptions += cr.Corruptions
@@ -1124,8 +1120,8 @@ func (c *ovaCore) check(r *Report) {
 
 func (c *ovaCore) close() error {
 	var first error
-	for _, d := range c.opened {
-		if err := d.Close(); err != nil && first == nil {
+	for _, ch := range c.opened {
+		if err := ch.d.Close(); err != nil && first == nil {
 			first = err
 		}
 	}

@@ -725,6 +725,42 @@ func TestOVAReadErrorPassesThrough(t *testing.T) {
 	c.(*ovaCore).close()
 }
 
+// Check merges the disks' checks: a qcow2 left with refcount errors (qemu-io aborted with
+// lazy refcounts) makes the OVA's check report them, prefixed with the member, at offsets
+// in the archive.
+func TestOVACheckMergesDisks(t *testing.T) {
+	qemutest.Need(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	q := qemutest.Create(t, dir, "lazy.qcow2", "qcow2", "2M", "lazy_refcounts=on")
+	if out, err := qemutest.Output("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 64k", "-c", "abort", q); err == nil {
+		t.Logf("qemu-io did not abort: %s", out)
+	}
+	alone := openT(t, q, OpenOptions{}).Check()
+	if alone.Clean() {
+		t.Fatalf("the aborted qcow2 checks clean alone: %+v", alone)
+	}
+	data, err := os.ReadFile(q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := ovfDoc([]string{fmt.Sprintf("f1=lazy.qcow2|%d", len(data))}, []string{"d1=f1:2:byte * 2^20"})
+	p := ovaWrite(t, filepath.Join(dir, "lazy.ova"), tar.FormatUSTAR, ovaFile("lazy.ovf", []byte(doc)), ovaFile("lazy.qcow2", data))
+	img, _, o := ovaInfo(t, p, OpenOptions{})
+	r := img.Check()
+	if r.Corruptions != alone.Corruptions || r.Leaks != alone.Leaks || r.CheckErrors != alone.CheckErrors || len(r.Problems) != len(alone.Problems) {
+		t.Fatalf("OVA check %+v, the disk alone %+v", r, alone)
+	}
+	off := o.Members[1].Offset
+	for i, p := range r.Problems {
+		if !strings.HasPrefix(p.Message, "lazy.qcow2: ") || p.Message != "lazy.qcow2: "+alone.Problems[i].Message {
+			t.Errorf("problem %+v", p)
+		}
+		if a := alone.Problems[i].Offset; a >= 0 && p.Offset != a+off {
+			t.Errorf("problem at %d, alone at %d, member at %d", p.Offset, a, off)
+		}
+	}
+}
+
 func TestOVATarNumbers(t *testing.T) {
 	for in, want := range map[string]int64{"00000001750\x00": 1000, "       1750 ": 1000, "\x00\x00\x00": 0, "\x80\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00": 1 << 33} {
 		if got, ok := tarNumber([]byte(in)); !ok || got != want {
