@@ -9,6 +9,7 @@ import (
 	"hash/adler32"
 	"io"
 	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -254,6 +255,7 @@ func openVMDKSparse(r io.ReaderAt, size int64, sizeKnown bool, file string) (*vm
 			sp.find(FindPastEOF, "the grain directory (%d bytes at offset %d) extends past the end of the file (%d bytes)", gdBytes, sp.gdOff, sp.size)
 		}
 	}
+
 	if h.Flags&vmdkFlagRGD != 0 {
 		if h.RGDOffset > vmdkMaxOffset {
 			return nil, fe("header", "rgdOffset", hdrOff+vmdkOffRGD, h.RGDOffset, "sectors overflow a 64-bit offset")
@@ -342,11 +344,12 @@ func (sp *vmdkSparse) compareFooter() {
 	}
 }
 
+// joinClip joins at most n strings, saying how many more there are.
 func joinClip(s []string, n int) string {
 	if len(s) <= n {
-		return fmt.Sprint(s)
+		return strings.Join(s, ", ")
 	}
-	return fmt.Sprintf("%v and %d more", s[:n], len(s)-n)
+	return fmt.Sprintf("%s and %d more", strings.Join(s[:n], ", "), len(s)-n)
 }
 
 // readZeroFill fills b from r at off; bytes past the end of the file read as zeros, as qemu
@@ -416,7 +419,7 @@ func (sp *vmdkSparse) directory() (*vmdkDir, error) {
 	if p := sp.gd.Load(); p != nil {
 		return p, nil
 	}
-	ents, err := sp.readDirectory(sp.gdOff)
+	ents, err := sp.readDirectory(sp.dirOffset())
 	if err != nil {
 		return nil, err
 	}
@@ -435,6 +438,18 @@ func (sp *vmdkSparse) directory() (*vmdkDir, error) {
 	}
 	sp.gd.Store(d)
 	return d, nil
+}
+
+// dirOffset is where reads take the grain directory from: the primary, unless it is not
+// valid (at offset 0, on the header, or past the end of the file) while the redundant one
+// is. qemu always reads the primary.
+func (sp *vmdkSparse) dirOffset() int64 {
+	n := sp.gdEntries * 4
+	valid := func(off int64) bool { return off >= vmdkHeaderSize && !sp.pastEOF(off, n) }
+	if !valid(sp.gdOff) && sp.rgdOff != 0 && valid(sp.rgdOff) {
+		return sp.rgdOff
+	}
+	return sp.gdOff
 }
 
 // readDirectory reads gdEntries 32-bit entries at off, keeping only those inside the file.
