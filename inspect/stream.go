@@ -483,9 +483,11 @@ func (s *Stream) digest(off, n int64, algo string) ([]byte, error) {
 			return nil, errNotYet
 		}
 	}
-	if off < s.pos || off < 0 || n < 0 {
-		s.note(off, fmt.Sprintf("the %s digest of %d bytes at offset %d was asked for after those bytes went by", algo, n, off))
-		return nil, errUnreachable
+	if off < 0 || n < 0 {
+		return nil, fmt.Errorf("digest of %d bytes at offset %d", n, off)
+	}
+	if s.done && off+n > s.pos {
+		return nil, io.ErrUnexpectedEOF
 	}
 	if len(s.hashes) >= streamMaxHashes {
 		s.tooLarge = append(s.tooLarge, off)
@@ -495,10 +497,24 @@ func (s *Stream) digest(off, n int64, algo string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Bytes that went by can still be hashed when the stream kept them (the head, a
+	// region such as an OVF descriptor, the tail).
+	if off < s.pos {
+		var buf [4096]byte
+		for at := off; at < min(s.pos, off+n); {
+			k := min(int64(len(buf)), min(s.pos, off+n)-at)
+			if !s.copyPast(buf[:k], at) {
+				s.note(off, fmt.Sprintf("the %s digest of %d bytes at offset %d was asked for after those bytes went by", algo, n, off))
+				return nil, errUnreachable
+			}
+			h.Write(buf[:k])
+			at += k
+		}
+	}
 	sh := &streamHash{off: off, n: n, algo: algo, h: h}
 	s.hashes = append(s.hashes, sh)
-	if n == 0 {
-		sh.sum = h.Sum(nil)
+	if off+n <= s.pos {
+		sh.sum, sh.h = h.Sum(nil), nil
 		return sh.sum, nil
 	}
 	return nil, errNotYet

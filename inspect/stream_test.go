@@ -58,20 +58,21 @@ func checkStreamAgrees(t *testing.T, name string, data []byte, opt OpenOptions) 
 	opt.Name = name
 	file := Examine(bytes.NewReader(data), int64(len(data)), opt)
 	var firstEarly *RejectedError
-	for i, chunk := range streamChunkSizes {
+	first := true
+	for _, chunk := range streamChunkSizes {
 		if chunk == 1 && len(data) > 8<<20 {
 			continue // a byte at a time over many MiB only measures the test's own loop
 		}
 		stream, early := streamVerdict(data, chunk, opt)
 		sameVerdict(t, fmt.Sprintf("%s (writes of %d bytes)", name, chunk), file, stream)
-		if i == 0 || firstEarly == nil && early != nil || firstEarly != nil && early == nil {
-			if i > 0 && (firstEarly == nil) != (early == nil) {
-				t.Errorf("%s: early rejection with writes of %d bytes: %v; with other writes: %v", name, chunk, early, firstEarly)
-			}
-			firstEarly = early
+		if first {
+			firstEarly, first = early, false
 			continue
 		}
-		if early != nil && (early.Offset != firstEarly.Offset || !reflect.DeepEqual(early.Verdict.Findings, firstEarly.Verdict.Findings)) {
+		switch {
+		case (firstEarly == nil) != (early == nil):
+			t.Errorf("%s: early rejection with writes of %d bytes: %v; with other writes: %v", name, chunk, early, firstEarly)
+		case early != nil && (early.Offset != firstEarly.Offset || !reflect.DeepEqual(early.Verdict.Findings, firstEarly.Verdict.Findings)):
 			t.Errorf("%s: early rejection depends on chunking: %v vs %v", name, early, firstEarly)
 		}
 	}
