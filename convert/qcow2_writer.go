@@ -605,7 +605,10 @@ func (w *qcow2Writer) header(l1Off, rtOff, rtClusters int64) []byte {
 		}
 		be.PutUint32(h[96:], uint32(w.cfg.refcountOrder))
 		be.PutUint32(h[100:], q2HeaderV3Len)
-		// The feature name table qemu writes into every v3 image.
+	}
+	if w.cfg.version >= 3 && w.cs >= 8192 {
+		// The feature name table qemu 7.2 writes into v3 images (it leaves it out of
+		// images with clusters under 8 KiB).
 		features := []struct {
 			kind, bit byte
 			name      string
