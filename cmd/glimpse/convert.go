@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -92,6 +94,12 @@ func convertCommand() *cli.Command {
 			}
 			err = convert.Convert(c.Context, img, w, opt)
 			bar.Finish()
+			if errors.Is(err, context.Canceled) {
+				if dst == "-" {
+					return cli.Exit("convert: interrupted: standard output holds part of the disk only", 1)
+				}
+				return cli.Exit("convert: interrupted: nothing was left under "+dst, 1)
+			}
 			if err != nil {
 				return cli.Exit("convert: "+err.Error(), 1)
 			}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"io"
@@ -233,5 +234,23 @@ func TestRenderProgress(t *testing.T) {
 	}
 	if got := renderProgress(0, 0, 0); !strings.Contains(got, "100%") {
 		t.Errorf("empty disk: %q", got)
+	}
+}
+
+// TestConvertCLIInterrupted runs convert with its context already cancelled (as SIGINT
+// does): it fails, and leaves neither the output nor a temporary file.
+func TestConvertCLIInterrupted(t *testing.T) {
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.raw")
+	cliBase(t, base, 9)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	var stdout, stderr bytes.Buffer
+	code := run(ctx, []string{"glimpse", "convert", base, filepath.Join(dir, "out.raw")}, strings.NewReader(""), &stdout, &stderr)
+	if code != 1 || !strings.Contains(stderr.String(), "interrupted") {
+		t.Errorf("exit %d, stderr %q", code, stderr.String())
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("interrupted conversion left files: %v", ents)
 	}
 }

@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# bench.sh: glimpse beside qemu-img, in the same run, on a realistic disk (`make bench`).
+#
+# The disk is ../shared/bench/make-disk's 2 GiB ext4 image holding about 900 MiB of files
+# from /usr, built once into $BENCH_DIR and converted by qemu-img into each source format
+# (all kept for the next run). For each source, `glimpse convert -O raw` and
+# `qemu-img convert -O raw` run $REPS times each, alternating, and the median wall time is
+# taken; peak RSS and CPU time (user + system, median) come from /usr/bin/time -v. CPU time
+# says what wall time cannot on a busy machine. Then `glimpse info` against `qemu-img info`.
+#
+# Environment: BENCH_DIR (default /var/tmp/glimpse-bench), REPS (5), INFO_REPS (40),
+# GLIMPSE (default bin/glimpse, built when missing), BENCH_SOURCES (a subset, e.g.
+# "qcow2 vdi"), BENCH_GO=0 to skip the Go benchmarks of the pipeline.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH_DIR=${BENCH_DIR:-/var/tmp/glimpse-bench}
+REPS=${REPS:-5}
+INFO_REPS=${INFO_REPS:-40}
+GLIMPSE=${GLIMPSE:-$ROOT/bin/glimpse}
+MAKE_DISK=$ROOT/../shared/bench/make-disk
+ALL_SOURCES="raw qcow2 qcow2-zlib qcow2-zstd vmdk-stream vhd vdi"
+SOURCES=${BENCH_SOURCES:-$ALL_SOURCES}
+
+die() { echo "bench: $*" >&2; exit 1; }
+
+[ -x "$MAKE_DISK" ] || die "$MAKE_DISK is missing: the benchmark disk is made by ../shared/bench/make-disk, which sits beside this repository on the project's machines (set up ../shared first)"
+command -v qemu-img >/dev/null || die "qemu-img not found (make deps installs qemu-utils)"
+if [ ! -x /usr/bin/time ]; then
+	echo "bench: installing the time package for /usr/bin/time -v" >&2
+	sudo=; [ "$(id -u)" = 0 ] || sudo="sudo -n"
+	$sudo apt-get install -y -qq time >/dev/null 2>&1 ||
+		{ $sudo apt-get update -qq && $sudo apt-get install -y -qq time >/dev/null; } ||
+		die "cannot install the time package; install it and run make bench again"
+fi
+if [ ! -x "$GLIMPSE" ]; then
+	(cd "$ROOT" && go build -o "$GLIMPSE" ./cmd/glimpse)
+fi
+mkdir -p "$BENCH_DIR"
+DISK=$BENCH_DIR/disk.raw
+
+# 1. The disk, once.
+if [ ! -s "$DISK" ]; then
+	echo "bench: building $DISK (2048 MiB, 900 MiB of files; once)" >&2
+	"$MAKE_DISK" "$DISK.part" 2048 900
+	mv "$DISK.part" "$DISK"
+fi
+
+# 2. The sources, once each (rebuilt when the disk is newer).
+src_path() {
+	case $1 in
+	raw) echo "$DISK" ;;
+	qcow2) echo "$BENCH_DIR/disk.qcow2" ;;
+	qcow2-zlib) echo "$BENCH_DIR/disk-zlib.qcow2" ;;
+	qcow2-zstd) echo "$BENCH_DIR/disk-zstd.qcow2" ;;
+	vmdk-stream) echo "$BENCH_DIR/disk-stream.vmdk" ;;
+	vhd) echo "$BENCH_DIR/disk.vhd" ;;
+	vdi) echo "$BENCH_DIR/disk.vdi" ;;
+	*) die "unknown source $1 (known: $ALL_SOURCES)" ;;
+	esac
+}
+src_args() {
+	case $1 in
+	qcow2) echo "-O qcow2" ;;
+	qcow2-zlib) echo "-O qcow2 -c" ;;
+	qcow2-zstd) echo "-O qcow2 -c -o compression_type=zstd" ;;
+	vmdk-stream) echo "-O vmdk -o subformat=streamOptimized" ;;
+	vhd) echo "-O vpc" ;;
+	vdi) echo "-O vdi" ;;
+	esac
+}
+src_format() { # qemu-img's -f for the source
+	case $1 in raw) echo raw ;; qcow2*) echo qcow2 ;; vmdk*) echo vmdk ;; vhd) echo vpc ;; vdi) echo vdi ;; esac
+}
+for s in $SOURCES; do
+	p=$(src_path "$s")
+	if [ "$s" != raw ] && { [ ! -s "$p" ] || [ "$DISK" -nt "$p" ]; }; then
+		echo "bench: qemu-img convert $(src_args "$s") disk.raw $(basename "$p") (once)" >&2
+		# shellcheck disable=SC2046
+		qemu-img convert -f raw $(src_args "$s") "$DISK" "$p.part"
+		mv "$p.part" "$p"
+	fi
+done
+
+# 3. Page cache: dropped before every timed run when we may (root), otherwise both tools
+#    run once untimed first so that both read a warm cache.
+DROP=no
+if [ -w /proc/sys/vm/drop_caches ] && sync && echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then
+	DROP=yes
+fi
+cold() { if [ "$DROP" = yes ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi; }
+
+OUT=$BENCH_DIR/out.raw
+TIMES=$BENCH_DIR/time.txt
+# timed CMD...: runs once, prints "wall_seconds maxrss_kib cpu_seconds"
+timed() {
+	rm -f "$OUT"
+	cold
+	/usr/bin/time -v -o "$TIMES" "$@" >/dev/null
+	awk -F': ' '
+		/Elapsed \(wall clock\)/ { n = split($2, t, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + t[i] }
+		/Maximum resident set size/ { rss = $2 }
+		/(User|System) time \(seconds\)/ { cpu += $2 }
+		END { printf "%.3f %d %.2f\n", s, rss, cpu }' "$TIMES"
+}
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+echo
+echo "glimpse $("$GLIMPSE" --version | awk '{print $NF}') vs $(qemu-img --version | head -1)"
+echo "$(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); load average $(cut -d' ' -f1-3 /proc/loadavg)"
+if [ "$DROP" = yes ]; then
+	echo "page cache dropped before every timed run; median of $REPS runs each, alternating"
+else
+	echo "page cache NOT dropped (not root): both tools warmed once, then median of $REPS runs each, alternating"
+fi
+echo
+echo "convert -O raw (targets: ratio <= 0.80, glimpse peak RSS < 64 MiB)"
+printf "%-12s %10s %10s %7s %12s %12s %9s %9s  %s\n" source qemu-img/s glimpse/s ratio "glimpse RSS" "qemu RSS" "qemu CPU" "glim CPU" verdict
+fail=0
+for s in $SOURCES; do
+	p=$(src_path "$s")
+	f=$(src_format "$s")
+	if [ "$DROP" = no ]; then
+		qemu-img convert -f "$f" -O raw "$p" "$OUT"
+		"$GLIMPSE" convert -f "$f" -O raw "$p" "$OUT"
+	fi
+	: >"$BENCH_DIR/q.txt"
+	: >"$BENCH_DIR/g.txt"
+	for i in $(seq "$REPS"); do
+		if [ $((i % 2)) = 1 ]; then
+			timed qemu-img convert -f "$f" -O raw "$p" "$OUT" >>"$BENCH_DIR/q.txt"
+			timed "$GLIMPSE" convert -f "$f" -O raw "$p" "$OUT" >>"$BENCH_DIR/g.txt"
+		else
+			timed "$GLIMPSE" convert -f "$f" -O raw "$p" "$OUT" >>"$BENCH_DIR/g.txt"
+			timed qemu-img convert -f "$f" -O raw "$p" "$OUT" >>"$BENCH_DIR/q.txt"
+		fi
+	done
+	# The last output is qemu-img's or glimpse's: check glimpse's against qemu-img's once.
+	"$GLIMPSE" convert -f "$f" -O raw "$p" "$OUT"
+	qemu-img convert -f "$f" -O raw "$p" "$BENCH_DIR/ref.raw"
+	if ! cmp -s "$OUT" "$BENCH_DIR/ref.raw"; then
+		echo "bench: $s: glimpse's output differs from qemu-img's" >&2
+		fail=1
+	fi
+	rm -f "$BENCH_DIR/ref.raw" "$OUT"
+	qs=$(cut -d' ' -f1 "$BENCH_DIR/q.txt" | median)
+	gs=$(cut -d' ' -f1 "$BENCH_DIR/g.txt" | median)
+	grss=$(cut -d' ' -f2 "$BENCH_DIR/g.txt" | sort -n | tail -1)
+	qrss=$(cut -d' ' -f2 "$BENCH_DIR/q.txt" | sort -n | tail -1)
+	ratio=$(awk -v g="$gs" -v q="$qs" 'BEGIN { printf "%.2f", (q > 0 ? g / q : 0) }')
+	verdict=$(awk -v r="$ratio" -v m="$grss" 'BEGIN { v = (r <= 0.80 ? "ok" : "SLOW"); if (m >= 65536) v = v " RSS!"; print v }')
+	qcpu=$(cut -d' ' -f3 "$BENCH_DIR/q.txt" | median)
+	gcpu=$(cut -d' ' -f3 "$BENCH_DIR/g.txt" | median)
+	printf "%-12s %10s %10s %7s %8.1f MiB %8.1f MiB %9s %9s  %s\n" "$s" "$qs" "$gs" "$ratio" "$(echo "$grss" | awk '{print $1/1024}')" "$(echo "$qrss" | awk '{print $1/1024}')" "$qcpu" "$gcpu" "$verdict"
+done
+
+echo
+echo "info ($INFO_REPS runs each, total wall seconds)"
+printf "%-12s %10s %10s %7s\n" source qemu-img/s glimpse/s ratio
+for s in $SOURCES; do
+	p=$(src_path "$s")
+	f=$(src_format "$s")
+	q0=$(date +%s.%N)
+	for _ in $(seq "$INFO_REPS"); do qemu-img info -f "$f" "$p" >/dev/null; done
+	q1=$(date +%s.%N)
+	for _ in $(seq "$INFO_REPS"); do "$GLIMPSE" info -f "$f" "$p" >/dev/null; done
+	g1=$(date +%s.%N)
+	awk -v s="$s" -v a="$q0" -v b="$q1" -v c="$g1" 'BEGIN { q = b - a; g = c - b; printf "%-12s %10.3f %10.3f %7.2f\n", s, q, g, g / q }'
+done
+
+if [ "${BENCH_GO:-1}" != 0 ]; then
+	echo
+	echo "Go benchmarks of the pipeline (package convert)"
+	(cd "$ROOT" && go test -run '^$' -bench . -benchtime 3x ./convert | grep -E '^(Benchmark|ok)')
+fi
+exit $fail
