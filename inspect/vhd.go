@@ -776,6 +776,11 @@ func (c *vhdCore) lookup(off int64) (segment, error) {
 	}
 	// A differencing disk holds the sectors whose bitmap bit is set (bit 7 of byte 0 is
 	// the block's first sector); the others come from the parent.
+	if c.bitmapSize == 0 {
+		// qemu's bitmap size rounds down to nothing for blocks under 4 KiB
+		return segment{}, ferr(VHD, "dynamic disk header", "block_size", c.hdrOffset+32, c.blockSize,
+			"is too small for a differencing disk: no room for a sector bitmap")
+	}
 	sec := within / vhdSector
 	secs := bs / vhdSector
 	mine, run, err := c.bitmapRun(blk, int64(e)*vhdSector, sec, secs)

@@ -23,6 +23,9 @@ const (
 	// hostile log can make every sector a candidate as long as the log. Past the budget the
 	// log is taken as needing replay, which refuses reads: the safe side.
 	vhdxLogScanBudget = 256 << 20
+	// vhdxLogWrapKeep is how much of the start of the log is read first, for entries that
+	// wrap around its end (qemu's entries are two or three sectors).
+	vhdxLogWrapKeep = 64 << 10
 )
 
 // vhdxScanLog reports whether the log (length bytes at off, a multiple of 1 MiB) holds a
@@ -31,6 +34,13 @@ func vhdxScanLog(r io.ReaderAt, off, length int64, guid [16]byte) (bool, string,
 	sectors := length / vhdxLogSector
 	var hdr [vhdxLogEntryHeader]byte
 	sector := make([]byte, vhdxLogSector)
+	// An entry may wrap around the end of the log into its first sectors. Reading those
+	// first, before anything past them, lets the stream inspector (which cannot go back)
+	// keep them for such an entry; in a file it costs one read.
+	prefix := make([]byte, min(length, vhdxLogWrapKeep))
+	if err := vhdxReadZeroFill(r, prefix, off); err != nil {
+		return false, "", err
+	}
 	budget := int64(vhdxLogScanBudget)
 	for s := range sectors {
 		at := off + s*vhdxLogSector
