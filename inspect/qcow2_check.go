@@ -17,9 +17,10 @@ import (
 // the end of the file, OFLAG_COPIED) count as qemu counts them.
 //
 // The work is bounded by the file: the computed refcounts cover the file's clusters (plus
-// at most one), L1 tables are read only where they lie inside the file and at most the
-// file's size of them in all, every distinct L2 table is read once however many L1 entries
-// point at it, and the L2 tables read in all are bounded by twice the file's size.
+// at most one), tables are read only where they lie inside the file, every distinct L2
+// table is read once however many L1 entries point at it, and all the metadata read (L1,
+// L2, refcount and bitmap tables and blocks) adds up to at most four times the file's size:
+// past that, a hostile file is reported as a check error and the check stops.
 
 // Roles a cluster plays, to explain overlaps.
 const (
@@ -43,14 +44,12 @@ type qcow2Checker struct {
 	role    []uint8
 	refMax  uint64
 
-	l1Budget  int64
-	l2Budget  int64
-	overspent bool
+	budget int64 // metadata bytes the check may still read
 
 	reft    []uint64 // refcount table entries inside the file
 	rbBits  uint     // log2 of the entries in a refcount block
-	rbOff   [4]int64
-	rbData  [4][]byte
+	rbOff   [8]int64
+	rbData  [8][]byte
 	rbNext  int
 	refs    []uint64 // L2 table references: offset | 1 (active) | 2 (COPIED set)
 	buf     []byte
@@ -98,8 +97,7 @@ func (k *qcow2Checker) run() {
 	k.ref = make([]uint32, nb, nb+1)
 	k.role = make([]uint8, nb, nb+1)
 	k.refMax = min(uint64(math.MaxUint32), math.MaxUint64>>(64-(uint(1)<<c.h.refcountOrder)))
-	k.l1Budget = k.fileLen + 1<<20
-	k.l2Budget = 2*k.fileLen + 64<<20
+	k.budget = 4*k.fileLen + 4*cs + 1<<20
 	k.rbBits = c.cb + 3 - uint(c.h.refcountOrder)
 	k.buf = make([]byte, cs)
 	k.r.TotalClusters = (c.virtual + cs - 1) >> c.cb
@@ -176,6 +174,19 @@ func (k *qcow2Checker) inc(off, size, n uint64, role uint8, what string, at int6
 	}
 }
 
+// spend takes n bytes from the read budget; when it runs out the check stops.
+func (k *qcow2Checker) spend(n int64, what string, off int64) bool {
+	if k.stopped {
+		return false
+	}
+	if k.budget -= n; k.budget < 0 {
+		k.stopped = true
+		k.add(CheckError, 1, what, off, "the metadata references more than four times what the file holds; the check stopped here")
+		return false
+	}
+	return true
+}
+
 // read fills p from the file; bytes past its end read as zeros.
 func (k *qcow2Checker) read(p []byte, off int64, what string) bool {
 	if err := k.c.readFull(p, off); err != nil {
@@ -198,9 +209,7 @@ func (k *qcow2Checker) scanL1(off uint64, size uint32, active bool, what string)
 		return
 	}
 	n = max(0, min(n, (k.fileLen-int64(off))/8)) // entries past the end of the file are zeros
-	if k.l1Budget -= n * 8; k.l1Budget < 0 {
-		k.stopped = true
-		k.add(CheckError, 1, what, int64(off), "the L1 tables add up to more than the file holds; the check stopped")
+	if !k.spend(n*8, what, int64(off)) {
 		return
 	}
 	for i := int64(0); i < n; {
@@ -242,6 +251,9 @@ func (k *qcow2Checker) loadRefTable() {
 	off := int64(c.h.refTableOff)
 	n := int64(c.h.refTableClusters) << (c.cb - 3)
 	n = max(0, min(n, (k.fileLen-off)/8))
+	if !k.spend(n*8, "refcount table", off) {
+		return
+	}
 	b := make([]byte, n*8) // at most 8 MiB (checked at open) and inside the file
 	if !k.read(b, off, "refcount table") {
 		return
@@ -275,6 +287,9 @@ func (k *qcow2Checker) ondisk(cluster uint64) (uint64, bool) {
 		}
 	}
 	if data == nil {
+		if !k.spend(c.cs, "refcount block", rb) {
+			return 0, false
+		}
 		i := k.rbNext
 		k.rbNext = (k.rbNext + 1) % len(k.rbOff)
 		if k.rbData[i] == nil {
@@ -351,9 +366,7 @@ func (k *qcow2Checker) processL2(off, n, nFrag, nCopied uint64) {
 	if int64(off) >= k.fileLen {
 		return // all zeros: unallocated; inc has reported it
 	}
-	if k.l2Budget -= c.cs; k.l2Budget < 0 {
-		k.stopped = true
-		k.add(CheckError, 1, "L2 table", int64(off), "the L2 tables add up to more than twice the file; the check stopped")
+	if !k.spend(c.cs, "L2 table", int64(off)) {
 		return
 	}
 	if !k.read(k.buf, int64(off), "L2 table") {
@@ -456,14 +469,15 @@ func (k *qcow2Checker) checkBitmaps() {
 		return
 	}
 	for _, b := range dir {
+		if k.stopped {
+			return
+		}
 		k.inc(b.tableOff, uint64(b.tableSize)*8, 1, qcRoleOther, "bitmap table", int64(min(b.tableOff, math.MaxInt64)))
 		if b.tableOff&uint64(c.cs-1) != 0 || b.tableOff > math.MaxInt64 || !within(int64(b.tableOff), int64(b.tableSize)*8, k.fileLen) {
 			k.add(Corruption, 1, "bitmap table", int64(min(b.tableOff, math.MaxInt64)), "bitmap %q: table at %#x (%d entries) cannot be read", b.name, b.tableOff, b.tableSize)
 			continue
 		}
-		if k.l1Budget -= int64(b.tableSize) * 8; k.l1Budget < 0 {
-			k.stopped = true
-			k.add(CheckError, 1, "bitmap table", int64(b.tableOff), "the bitmap tables add up to more than the file holds; the check stopped")
+		if !k.spend(int64(b.tableSize)*8, "bitmap table", int64(b.tableOff)) {
 			return
 		}
 		r := qcow2SeqReader{c: c, off: int64(b.tableOff), buffered: true}
@@ -491,6 +505,9 @@ func (k *qcow2Checker) checkBitmaps() {
 func (k *qcow2Checker) checkRefBlocks() {
 	c := k.c
 	for i, e := range k.reft {
+		if k.stopped {
+			return
+		}
 		at := int64(c.h.refTableOff) + int64(i)*8
 		off := e & qcow2RefOffsetMask
 		if e&qcow2RefReserved != 0 {
@@ -536,6 +553,9 @@ func (k *qcow2Checker) compare() {
 	for i := range k.ref {
 		cl := uint64(i)
 		r1, ok := k.ondisk(cl)
+		if k.stopped {
+			return
+		}
 		if !ok {
 			ti := cl >> k.rbBits
 			k.add(CheckError, 1, "refcount block", int64(c.h.refTableOff)+int64(ti)*8, "cannot get the refcount of cluster %d: refcount block %d is not aligned", cl, ti)

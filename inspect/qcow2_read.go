@@ -2,7 +2,6 @@ package inspect
 
 import (
 	"bytes"
-	"compress/flate"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -10,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -42,10 +42,16 @@ type qcow2L1 struct {
 	mu     sync.Mutex
 	loaded atomic.Bool
 	ent    []uint64 // the entries that describe the virtual disk and lie inside the file
-	nz     []uint64 // bitmap: entry i has a non-zero L2 offset
+	// nz: entry i needs its L2 table: the offset is not zero and the table is not past the
+	// end of the file (which reads as zeros: unallocated), or it is not aligned (an error).
+	nz []uint64
 }
 
-// nextNonZero returns the first index >= i whose L2 offset is not zero, or len(ent).
+func (l *qcow2L1) needed(i int64) bool {
+	return i < int64(len(l.ent)) && l.nz[i>>6]>>(uint(i)&63)&1 != 0
+}
+
+// nextNonZero returns the first index >= i whose L2 table is needed, or len(ent).
 func (l *qcow2L1) nextNonZero(i int64) int64 {
 	n := int64(len(l.ent))
 	for i < n {
@@ -87,7 +93,8 @@ func (c *qcow2Core) loadL1() (*qcow2L1, error) {
 		for j := int64(0); j < k; j++ {
 			e := binary.BigEndian.Uint64(buf[j*8:])
 			ent[i+j] = e
-			if e&qcow2L1OffsetMask != 0 {
+			l2 := int64(e & qcow2L1OffsetMask)
+			if l2 != 0 && (l2&(c.cs-1) != 0 || !c.sizeKnown || l2 < c.fileSize) {
 				nz[(i+j)>>6] |= 1 << (uint(i+j) & 63)
 			}
 		}
@@ -114,6 +121,10 @@ type qcow2L2Cache struct {
 	lru  qcow2L2Table // sentinel: lru.next is the most recent
 	max  int
 	free []*qcow2L2Table
+	// uniform remembers tables that are one run of holes or zeros from end to end, so that
+	// a lookup runs across them (however often the L1 table repeats them) without loading
+	// them again. Its keys are aligned offsets inside the file: at most a file's worth.
+	uniform map[int64]uint8
 }
 
 func (q *qcow2L2Cache) init(c *qcow2Core) {
@@ -121,6 +132,7 @@ func (q *qcow2L2Cache) init(c *qcow2Core) {
 	per := c.cs + entries*5
 	q.max = int(max(2, qcow2L2CacheBytes/per))
 	q.m = make(map[int64]*qcow2L2Table)
+	q.uniform = make(map[int64]uint8)
 	q.lru.next, q.lru.prev = &q.lru, &q.lru
 }
 
@@ -176,6 +188,9 @@ func (q *qcow2L2Cache) entry(c *qcow2Core, off int64, i int) (qcow2L2Ref, error)
 	}
 	q.m[off] = t
 	q.pushFront(t)
+	if k := t.cls[0]; int(t.run[0]) == len(t.cls) && (k == qcHole || (k == qcZero && !c.hasDataFile)) {
+		q.uniform[off] = k
+	}
 	if len(q.m) > q.max {
 		old := q.lru.prev
 		q.unlink(old)
@@ -300,12 +315,8 @@ func (c *qcow2Core) lookup(off int64) (segment, error) {
 	cl := off >> c.cb
 	l1i := cl >> c.l2Bits
 	tableShift := c.cb + c.l2Bits
-	if l1i >= int64(len(l1.ent)) || l1.ent[l1i]&qcow2L1OffsetMask == 0 {
-		end := c.virtual
-		if next := l1.nextNonZero(l1i + 1); next < int64(len(l1.ent)) {
-			end = next << tableShift
-		}
-		return c.hole(off, end)
+	if !l1.needed(l1i) {
+		return c.hole(off, c.extendRun(l1, l1i+1, qcHole))
 	}
 	l2off := int64(l1.ent[l1i] & qcow2L1OffsetMask)
 	if l2off&(c.cs-1) != 0 {
@@ -319,6 +330,9 @@ func (c *qcow2Core) lookup(off int64) (segment, error) {
 	base := l1i << tableShift
 	cstart := cl << c.cb
 	runEnd := base + int64(r.run)<<c.cb
+	if r.run == 1<<c.l2Bits && (r.cls == qcHole || (r.cls == qcZero && !c.hasDataFile)) {
+		runEnd = c.extendRun(l1, l1i+1, r.cls)
+	}
 	host := int64(r.e & qcow2L2OffsetMask)
 	switch r.cls {
 	case qcHole:
@@ -362,6 +376,33 @@ func (c *qcow2Core) lookup(off int64) (segment, error) {
 		return c.hole(off, end)
 	}
 	return segment{}, c.invalidEntry(r, l2off, i)
+}
+
+// extendRun returns where a run of holes or zeros that reaches the start of L1 entry i ends:
+// it goes on through entries that need no table (holes) and tables known to be uniformly
+// of the same kind.
+func (c *qcow2Core) extendRun(l1 *qcow2L1, i int64, kind uint8) int64 {
+	n := int64(len(l1.ent))
+	q := &c.l2c
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i < n {
+		if !l1.needed(i) {
+			if kind != qcHole {
+				break
+			}
+			i = l1.nextNonZero(i)
+			continue
+		}
+		if k, ok := q.uniform[int64(l1.ent[i]&qcow2L1OffsetMask)]; !ok || k != kind {
+			break
+		}
+		i++
+	}
+	if i >= n && kind == qcHole {
+		return c.virtual
+	}
+	return min(c.virtual, i<<(c.cb+c.l2Bits))
 }
 
 // checkDataFileHost enforces that clusters of an external data file sit at their guest
@@ -619,7 +660,7 @@ func (c *qcow2Core) decompress(desc uint64, out []byte) error {
 	d.br.Reset(src)
 	var r io.Reader
 	switch c.compression {
-	case 0:
+	case 0: // raw deflate; klauspost's inflater is about twice as fast as compress/flate
 		if d.fl == nil {
 			d.fl = flate.NewReader(&d.br)
 		} else if err := d.fl.(flate.Resetter).Reset(&d.br, nil); err != nil {
