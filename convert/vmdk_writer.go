@@ -376,6 +376,11 @@ func newVMDKLayout(cfg *vmdkConfig, size int64) (vmdkLayout, error) {
 	if size < 0 || size > vmdkMaxSize {
 		return vmdkLayout{}, fmt.Errorf("%s: a virtual size of %d bytes is more than the vmdk writer's limit (%d bytes, 64 TiB)", cfg.name, size, int64(vmdkMaxSize))
 	}
+	if size == 0 {
+		// qemu-img writes such a file and then cannot open it: to readers, a header with
+		// capacity 0 names a descriptor whose extents live in other files.
+		return vmdkLayout{}, fmt.Errorf("%s: a vmdk cannot hold an empty (0-byte) disk: a sparse header with capacity 0 means a descriptor file to its readers", cfg.name)
+	}
 	l := vmdkLayout{size: size, grain: cfg.grain, grainSecs: cfg.grain / vmdkSectorSize}
 	l.capacity = (size + vmdkSectorSize - 1) / vmdkSectorSize
 	l.grains = (l.capacity + l.grainSecs - 1) / l.grainSecs

@@ -230,7 +230,7 @@ func (w *vmdkStreamWriter) Write(c *Chunk) error {
 		}
 		s := w.pos / vmdkSectorSize
 		if s+int64(n)/vmdkSectorSize > vmdkMaxSector {
-			return fmt.Errorf("%s: the vmdk file would grow past 2 TiB, the most a hosted sparse extent can address (32-bit sector offsets)", w.cfg.name)
+			return w.tooLarge()
 		}
 		w.write(e.buf[off : off+int(n)])
 		off += int(n)
@@ -259,6 +259,9 @@ func (w *vmdkStreamWriter) flushGT() error {
 	if !w.gt.used {
 		return nil
 	}
+	if w.pos/vmdkSectorSize+1+vmdkGTSectors > vmdkMaxSector {
+		return w.tooLarge()
+	}
 	vmdkMarker(w.sec[:], vmdkGTSectors, vmdkMarkerGT)
 	w.write(w.sec[:])
 	w.gd[w.gt.idx] = uint32(w.pos / vmdkSectorSize)
@@ -266,6 +269,10 @@ func (w *vmdkStreamWriter) flushGT() error {
 	clear(w.gt.ents[:])
 	w.gt.used = false
 	return w.err()
+}
+
+func (w *vmdkStreamWriter) tooLarge() error {
+	return fmt.Errorf("%s: the vmdk file would grow past 2 TiB, the most a hosted sparse extent can address (32-bit sector offsets)", w.cfg.name)
 }
 
 // Commit writes the last grain table, the grain directory, the footer and the
@@ -286,7 +293,7 @@ func (w *vmdkStreamWriter) Commit() error {
 	w.write(w.sec[:])
 	gdAt := w.pos / vmdkSectorSize
 	if gdAt > vmdkMaxSector {
-		return fmt.Errorf("%s: the vmdk file would grow past 2 TiB, the most a hosted sparse extent can address (32-bit sector offsets)", w.cfg.name)
+		return w.tooLarge()
 	}
 	buf := make([]byte, min(w.lay.gdSectors*vmdkSectorSize, 64<<10))
 	for i := int64(0); i < w.lay.gdSectors*vmdkSectorSize; i += int64(len(buf)) {
