@@ -95,7 +95,10 @@ func openQED(o *opener) (core, error) {
 	// qed_max_image_size: every L1 entry names an L2 table of the same size.
 	entries := uint64(ts) * uint64(cs) / 8
 	maxSize, ok := mul64(int64(entries*uint64(cs)), int64(entries))
-	if info.ImageSize%512 != 0 || (ok && info.ImageSize > uint64(maxSize)) || info.ImageSize > 1<<62 {
+	if !ok || maxSize > 1<<62 {
+		maxSize = 1 << 62 // beyond any file glimpse reads
+	}
+	if info.ImageSize%512 != 0 || info.ImageSize > uint64(maxSize) {
 		return nil, o.ferr(QED, "header", "image_size", 48, info.ImageSize, "is not a multiple of 512 within the %d bytes the tables can map", maxSize)
 	}
 	if info.HeaderSize == 0 || uint64(info.HeaderSize) > uint64(^uint32(0))/uint64(cs) {
