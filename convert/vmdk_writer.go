@@ -24,8 +24,9 @@ import (
 //     a redundant grain directory and its grain tables, the grain directory and its grain
 //     tables, then the grains (64 KiB each) in guest order. Every grain table is
 //     preallocated, as qemu does (the regions are holes until a table has entries), so that
-//     the layout is qemu's own: for the same data and CID the bytes are the same as qemu-img
-//     convert's, but for the width of the CID. Zero grains stay unallocated.
+//     the layout is qemu's own: for the same data, CID and extent name the bytes are
+//     qemu-img convert's (qemu prints the CID without leading zeros). Zero grains stay
+//     unallocated.
 //   - streamOptimized: a version 3 header with the compressed-grain and marker flags and
 //     gdOffset GD_AT_END, the descriptor, then for each data grain a grain marker (LBA,
 //     size) and one zlib stream of the whole grain (the last one padded with zeros, as
@@ -34,6 +35,12 @@ import (
 //     directory entry is 0), the grain directory behind its marker, a footer marker and
 //     the footer (the header again with the real gdOffset), and the end-of-stream marker.
 //     It is written in one pass with no seeking, so it can go to a pipe (name "-").
+//     qemu 7.2 writes streamOptimized otherwise (preallocated tables, the directory in the
+//     header, a redundant directory, no footer and no end-of-stream marker, which ESXi
+//     refuses; a partial last grain, which VirtualBox refuses); qemu reads both.
+//
+// A disk of 0 bytes is refused: a header with capacity 0 means a descriptor file to
+// readers (qemu-img writes one and then cannot open it).
 //
 // Both writers are Ordered: grains are allocated in guest order, so the same input and
 // options give the same bytes. The streamOptimized writer is also an Encoder: the pipeline's
