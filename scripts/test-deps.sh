@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # test-deps.sh: install what the tests need when it is missing, or fail loudly.
-# Tools: qemu-img and qemu-io (qemu-utils), genisoimage and xorriso (ISO fixtures), tar.
+# Tools: qemu-img and qemu-io (qemu-utils), genisoimage and xorriso (ISO fixtures), tar,
+# sfdisk and sgdisk (partition-table fixtures), cryptsetup (LUKS2 fixtures).
 # apt-get update runs at most once per call, and only when something is missing.
 set -euo pipefail
 
@@ -11,6 +12,9 @@ command -v genisoimage >/dev/null || need+=(genisoimage)
 command -v xorriso   >/dev/null || need+=(xorriso)
 command -v tar       >/dev/null || need+=(tar)
 command -v bzip2     >/dev/null || need+=(bzip2)
+command -v sfdisk    >/dev/null || need+=(fdisk)
+command -v sgdisk    >/dev/null || need+=(gdisk)
+command -v cryptsetup >/dev/null || need+=(cryptsetup-bin)
 
 if [ ${#need[@]} -eq 0 ]; then
 	exit 0
@@ -34,6 +38,6 @@ if ! $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/nul
 	echo "test-deps: apt-get install ${need[*]} failed" >&2
 	exit 1
 fi
-for t in qemu-img qemu-io genisoimage xorriso tar; do
+for t in qemu-img qemu-io genisoimage xorriso tar sfdisk sgdisk cryptsetup; do
 	command -v "$t" >/dev/null || { echo "test-deps: $t still missing after install" >&2; exit 1; }
 done
