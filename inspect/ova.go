@@ -344,13 +344,21 @@ func isOVFName(name string) bool { return strings.EqualFold(path.Ext(name), ".ov
 // misordered one whose small first members fit the window is still found (and reported).
 // A tar without a descriptor (cot/test.tar) is not an OVA: nothing in it describes a virtual
 // system, and qemu-img takes it as raw too. Declared as ova, it opens with FindOVFStructure.
+//
+// A partial window (shorter than probeHead while the file goes on: the stream inspector
+// probes its first 512 bytes) cannot show the name in a pax or GNU long-name header whose
+// data lies beyond it, nor what follows a leading directory: running off it before any
+// file member, the answer is yes. Once a file that is not the descriptor has been seen
+// (a plain tar, or a misordered OVA), it is no until the full window shows a descriptor.
 func probeOVA(p *probeData) bool {
 	head := p.head
+	partial := len(head) < probeHead && (p.size == unknownSize || p.size > int64(len(head)))
+	sawFile := false
 	pend := tarPending{size: -1}
 	off := 0
 	for range 16 {
 		if off+tarBlock > len(head) {
-			return false
+			return partial && off > 0 && !sawFile
 		}
 		blk := head[off : off+tarBlock]
 		if isZero(blk) || !tarChecksumOK(blk) {
@@ -369,12 +377,13 @@ func probeOVA(p *probeData) bool {
 		}
 		end := off + tarBlock + int(size)
 		switch h.typeflag {
-		case 'x':
-			if end <= len(head) {
-				parsePAX(head[off+tarBlock:end], &pend)
+		case 'x', 'L':
+			if end > len(head) {
+				return partial && !sawFile
 			}
-		case 'L':
-			if end <= len(head) {
+			if h.typeflag == 'x' {
+				parsePAX(head[off+tarBlock:end], &pend)
+			} else {
 				pend.long = cstring(head[off+tarBlock : end])
 			}
 		case 'g', 'K':
@@ -382,6 +391,9 @@ func probeOVA(p *probeData) bool {
 			name, _ := pend.memberName(h)
 			if isOVFName(name) {
 				return true
+			}
+			if typ, _ := tarTypeName(h.typeflag, name); typ != "directory" {
+				sawFile = true
 			}
 			pend = tarPending{size: -1}
 		}
