@@ -514,23 +514,24 @@ func (c *vmdkCore) openExtent(o *opener, e vmdkExtentLine, x *vmdkExtent, ei *VM
 			return
 		}
 		x.kind, x.r, x.fileOff, x.fileSize = vmdkExtFlat, f.r, off*vmdkSector, f.size
-	case "SPARSE":
+	case "SPARSE", "VMFSSPARSE": // qemu opens both by their magic
 		var magic [8]byte
 		if err := readZeroFill(f.r, magic[:], 0); err != nil {
 			x.kind, x.err = vmdkExtUnreadable, err
 			return
 		}
-		switch {
-		case string(magic[:4]) == vmdkCOWDMagic:
-			x.kind, x.err = vmdkExtUnreadable, unsupported(VMDK, "extent %q is a VMFS sparse (COWD) extent", clip(e.file, 80))
-			return
-		case string(magic[:4]) != vmdkMagic:
-			x.kind, x.err = vmdkExtUnreadable, o.ferr(VMDK, "extent", "magic", 0, nil, "extent %q is not a hosted sparse extent", clip(e.file, 80))
-			return
-		}
-		sp, err := openVMDKSparse(f.r, f.size, true, ei.Filename)
-		if err == nil && sp.head.Capacity == 0 && sp.head.DescriptorOffset != 0 {
-			err = unsupported(VMDK, "extent %q is itself a descriptor (capacity 0)", clip(e.file, 80))
+		var sp *vmdkSparse
+		var err error
+		switch string(magic[:4]) {
+		case vmdkCOWDMagic:
+			sp, err = openVMDKCOWD(f.r, f.size, ei.Filename)
+		case vmdkMagic:
+			sp, err = openVMDKSparse(f.r, f.size, true, ei.Filename)
+			if err == nil && sp.head.Capacity == 0 && sp.head.DescriptorOffset != 0 {
+				err = unsupported(VMDK, "extent %q is itself a descriptor (capacity 0)", clip(e.file, 80))
+			}
+		default:
+			err = o.ferr(VMDK, "extent", "magic", 0, nil, "extent %q is neither a hosted sparse (KDMV) nor a VMFS sparse (COWD) extent", clip(e.file, 80))
 		}
 		if err != nil {
 			x.kind, x.err = vmdkExtUnreadable, err

@@ -51,6 +51,7 @@ const (
 
 	// Spec and qemu bounds on header fields.
 	vmdkMaxGTEs      = 512      // numGTEsPerGT: the spec fixes 512; qemu refuses more
+	vmdkCOWDGTEs     = 4096     // grain table entries of a VMFS sparse (COWD) extent
 	vmdkMaxGrain     = 0x200000 // grain size in sectors (1 GiB): qemu's limit
 	vmdkMaxGDEntries = 32 << 20 // qemu's "L1 size too big"
 	vmdkGTEZeroed    = 1        // GTE value of a zeroed grain (zeroed-grain flag)
@@ -281,6 +282,47 @@ func openVMDKSparse(r io.ReaderAt, size int64, sizeKnown bool, file string) (*vm
 	return sp, nil
 }
 
+// openVMDKCOWD parses a VMFS sparse extent (magic "COWD", qemu's VMDK3): the disk size,
+// the grain size, and a grain directory whose length the header gives, of grain tables of
+// 4096 entries. It has no descriptor, no redundant directory and no compression.
+func openVMDKCOWD(r io.ReaderAt, size int64, file string) (*vmdkSparse, error) {
+	b, err := readAt(r, 0, vmdkHeaderSize, VMDK, "COWD header")
+	if err != nil {
+		return nil, err
+	}
+	fe := func(field string, off int64, val any, msg string, args ...any) error {
+		e := ferr(VMDK, "COWD header", field, off, val, msg, args...)
+		e.File = file
+		return e
+	}
+	le := binary.LittleEndian
+	sectors, granularity := le.Uint32(b[12:]), le.Uint32(b[16:])
+	gdSector, gdEntries := le.Uint32(b[20:]), le.Uint32(b[24:])
+	switch {
+	case granularity == 0 || granularity > vmdkMaxGrain:
+		return nil, fe("granularity", 16, granularity, "out of range (1 to %d sectors)", vmdkMaxGrain)
+	case granularity&(granularity-1) != 0:
+		return nil, fe("granularity", 16, granularity, "is not a power of two")
+	case gdEntries > vmdkMaxGDEntries:
+		return nil, fe("l1dir_size", 24, gdEntries, "exceeds %d (qemu: L1 size too big)", vmdkMaxGDEntries)
+	}
+	sp := &vmdkSparse{file: file, r: r, size: size, sizeKnown: true,
+		capacity: int64(sectors) * vmdkSector, grain: int64(granularity) * vmdkSector,
+		numGTEs: vmdkCOWDGTEs, gtBytes: vmdkCOWDGTEs * 4, gdEntries: int64(gdEntries), gdOff: int64(gdSector) * vmdkSector}
+	sp.grains.sp = sp
+	for sp.grainShift = 0; int64(1)<<sp.grainShift < sp.grain; sp.grainShift++ {
+	}
+	if gdBytes := sp.gdEntries * 4; sp.pastEOF(sp.gdOff, gdBytes) {
+		sp.find(FindPastEOF, "the grain directory (%d bytes at offset %d) extends past the end of the file (%d bytes)", gdBytes, sp.gdOff, sp.size)
+	} else if gdBytes > maxMetadataRead {
+		sp.gdErr = unsupported(VMDK, "%s: a grain directory of %d bytes is larger than glimpse reads (%d)", file, gdBytes, maxMetadataRead)
+	}
+	if perGT := sp.numGTEs * sp.grain; satMul(sp.gdEntries, perGT) < sp.capacity {
+		sp.find(FindDescriptor, "the grain directory of %d entries covers %d bytes of a %d-byte extent (qemu fails reads beyond)", sp.gdEntries, satMul(sp.gdEntries, perGT), sp.capacity)
+	}
+	return sp, nil
+}
+
 func (sp *vmdkSparse) find(code, format string, args ...any) {
 	sp.finds = append(sp.finds, Finding{code, fmt.Sprintf(format, args...)})
 }
@@ -498,7 +540,7 @@ type vmdkGTSlot struct {
 	ents []uint32
 }
 
-var vmdkGTBufs = sync.Pool{New: func() any { b := make([]byte, vmdkMaxGTEs*4); return &b }}
+var vmdkGTBufs = sync.Pool{New: func() any { b := make([]byte, vmdkCOWDGTEs*4); return &b }}
 
 // gtRun inspects the grain table at sector gt from entry i on, and returns the first
 // entry and how many consecutive entries form one run: equal for holes and zeroed grains,
@@ -607,6 +649,10 @@ func (sp *vmdkSparse) lookup(rel, limit int64) (segment, error) {
 	g := rel >> sp.grainShift
 	gi := g / sp.numGTEs
 	perGT := sp.numGTEs * sp.grain
+	if gi >= sp.gdEntries { // only a COWD directory can be shorter than its disk
+		return segment{}, &FormatError{File: sp.file, Format: VMDK, Structure: "grain directory", Offset: sp.gdOff, Value: gi,
+			Msg: fmt.Sprintf("guest offset %d needs entry %d of a directory of %d", rel, gi, sp.gdEntries)}
+	}
 	if gi >= int64(len(d.ents)) || d.ents[gi] == 0 {
 		// every unallocated grain table from here on is one hole
 		next := d.holeEnd(gi, sp.gdEntries)

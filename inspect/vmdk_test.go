@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -169,6 +170,11 @@ func vmdkFixtures(t testing.TB, dir string) []fixture {
 	dd := writeFile(t, p("sub/dotdot.vmdk"), []byte(vmdkDescriptorText("monolithicFlat", `RW 128 FLAT "../outside.bin" 0`)))
 	add("descriptor-dotdot", dd, "", false, hostile...)
 
+	// vmfsSparse: a descriptor naming a VMFS sparse (COWD) extent, which qemu reads.
+	vmdkCraftCOWDFile(t, p("vmfssparse-delta.vmdk"), 2048, 8, map[int]byte{0: 0x61, 3: 0x62, 255: 0x63})
+	vs := writeFile(t, p("vmfssparse.vmdk"), []byte(vmdkDescriptorText("vmfsSparse", `RW 2048 VMFSSPARSE "vmfssparse-delta.vmdk"`)))
+	add("vmfsSparse", vs, "", false, hostile...)
+
 	// A hosted sparse header with capacity 0: qemu reads its descriptor as a descriptor file.
 	vmdkPatternFile(t, p("capzero-flat.bin"), 1<<20, 0x17)
 	cz := writeFile(t, p("capzero.vmdk"), vmdkCraft{capacity: 0, desc: vmdkDescriptorText("monolithicFlat", `RW 2048 FLAT "capzero-flat.bin" 0`)}.build())
@@ -188,6 +194,39 @@ func vmdkFixtures(t testing.TB, dir string) []fixture {
 var vmdkFixtureNeedsBacking = map[string]bool{
 	"monolithicFlat": true, "twoGbMaxExtentSparse": true, "twoGbMaxExtentFlat": true, "vmfs": true,
 	"flat-several-extents": true, "flat-zero-extent": true, "delta-disk": true, "sparse-capacity-0-descriptor": true,
+	"vmfsSparse": true,
+}
+
+// vmdkCraftCOWD builds a VMFS sparse extent (magic COWD, qemu's VMDK3): sectors of disk,
+// grains of granularity sectors, one grain directory at sector 1, grain tables of 4096
+// entries after it, then the grains that grains names (each filled with its byte).
+func vmdkCraftCOWD(sectors, granularity uint32, grains map[int]byte) []byte {
+	le := binary.LittleEndian
+	perGT := 4096 * granularity
+	nGT := (sectors + perGT - 1) / perGT
+	gdSectors := (nGT*4 + 511) / 512
+	b := make([]byte, 512*(1+gdSectors+32*nGT))
+	copy(b, vmdkCOWDMagic)
+	le.PutUint32(b[4:], 1)
+	le.PutUint32(b[8:], 3)
+	le.PutUint32(b[12:], sectors)
+	le.PutUint32(b[16:], granularity)
+	le.PutUint32(b[20:], 1)
+	le.PutUint32(b[24:], nGT)
+	for i := uint32(0); i < nGT; i++ {
+		le.PutUint32(b[512+4*i:], 1+gdSectors+32*i)
+	}
+	keys := slices.Sorted(maps.Keys(grains))
+	for _, g := range keys {
+		gt := 1 + gdSectors + 32*(uint32(g)/4096)
+		le.PutUint32(b[int(gt)*512+4*(g%4096):], uint32(len(b)/512))
+		b = append(b, bytes.Repeat([]byte{grains[g]}, int(granularity)*512)...)
+	}
+	return b
+}
+
+func vmdkCraftCOWDFile(t testing.TB, path string, sectors, granularity uint32, grains map[int]byte) string {
+	return writeFile(t, path, vmdkCraftCOWD(sectors, granularity, grains))
 }
 
 // vmdkAddFooter turns a qemu streamOptimized file into VMware's layout: the header says
@@ -1107,6 +1146,52 @@ func TestVMDKHugeCompressedGrain(t *testing.T) {
 	}
 }
 
+// A VMFS sparse (COWD) extent: on its own it is not an image qemu opens; behind a
+// descriptor it is read, and a grain directory shorter than the disk fails reads beyond
+// it, as in qemu.
+func TestVMDKCOWD(t *testing.T) {
+	dir := t.TempDir()
+	cowd := vmdkCraftCOWD(4096, 1, map[int]byte{0: 1, 4095: 2})
+	if _, err := vmdkOpenBytes(t, cowd); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("COWD alone: %v, want ErrUnsupported", err)
+	}
+	short := slices.Clone(cowd)
+	binary.LittleEndian.PutUint32(short[24:], 0) // l1dir_size 0
+	writeFile(t, filepath.Join(dir, "short.vmdk"), short)
+	writeFile(t, filepath.Join(dir, "ok.vmdk"), cowd)
+	for _, c := range []struct {
+		extent string
+		fails  bool
+	}{{"ok.vmdk", false}, {"short.vmdk", true}} {
+		p := writeFile(t, filepath.Join(dir, "d-"+c.extent), []byte(vmdkDescriptorText("vmfsSparse", `RW 4096 VMFSSPARSE "`+c.extent+`"`)))
+		img := openT(t, p, OpenOptions{AllowBacking: true})
+		got := make([]byte, 512)
+		_, err := img.ReadAt(got, 4095*512)
+		if c.fails != (err != nil) || (err == nil && got[0] != 2) {
+			t.Errorf("%s: read %#x, %v", c.extent, got[0], err)
+		}
+		if c.fails {
+			var fe *FormatError
+			if !errors.As(err, &fe) {
+				t.Errorf("%s: %v, want a FormatError", c.extent, err)
+			}
+			vmdkWantCodes(t, c.extent, img.Safety(), FindCreateType, FindHostExtent, FindDescriptor)
+		}
+		_ = img.Check()
+	}
+	for _, g := range []uint32{0, 3, 1 << 30} {
+		bad := slices.Clone(cowd)
+		binary.LittleEndian.PutUint32(bad[16:], g)
+		writeFile(t, filepath.Join(dir, "bad.vmdk"), bad)
+		p := writeFile(t, filepath.Join(dir, "d-bad.vmdk"), []byte(vmdkDescriptorText("vmfsSparse", `RW 4096 VMFSSPARSE "bad.vmdk"`)))
+		img := openT(t, p, OpenOptions{AllowBacking: true})
+		var fe *FormatError
+		if _, err := img.ReadAt(make([]byte, 512), 0); !errors.As(err, &fe) {
+			t.Errorf("granularity %d: %v, want a FormatError", g, err)
+		}
+	}
+}
+
 func TestVMDKProbe(t *testing.T) {
 	for _, c := range []struct {
 		text string
@@ -1279,6 +1364,9 @@ func TestVMDKConcurrentReads(t *testing.T) {
 
 // The data path allocates nothing once warm.
 func TestVMDKReadAllocs(t *testing.T) {
+	if vmdkRace {
+		t.Skip("sync.Pool drops items under the race detector")
+	}
 	b := vmdkCraftStream(64*128, map[int][]byte{0: bytes.Repeat([]byte("ab"), 32768), 2: bytes.Repeat([]byte("c"), 65536)}, nil)
 	stream, err := vmdkOpenBytes(t, b)
 	if err != nil {
