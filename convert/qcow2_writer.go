@@ -26,10 +26,13 @@ import (
 //	compression_type=zlib|zstd           the method for -c (zstd needs v3: incompatible bit 3 and header byte 104)
 //	refcount_bits=1|2|4|8|16|32|64        default 16 (v2: 16 only)
 //	lazy_refcounts=on|off                 the compatible feature bit (v3 only); the image is written clean
+//	extended_l2=on|off                    subclusters (v3, clusters of 16 KiB and more): the disk
+//	                                      is handed over in subclusters (cluster_size/32), and zero
+//	                                      subclusters stay unallocated inside allocated clusters
 //	preallocation=off                     the only mode (zero clusters are never allocated)
-//	encryption=off, extended_l2=off, data_file_raw=off   accepted as the defaults they are
+//	encryption=off, data_file_raw=off     accepted as the defaults they are
 //
-// qemu's backing_file, backing_fmt, data_file, encrypt.*, encryption=on, extended_l2=on,
+// qemu's backing_file, backing_fmt, data_file, encrypt.*, encryption=on,
 // preallocation=metadata|falloc|full and size= are refused with a message: glimpse writes
 // self-contained, unencrypted images whose size is the source's.
 //
@@ -72,6 +75,7 @@ type qcow2Config struct {
 	refcountOrder uint
 	zstd          bool
 	lazy          bool
+	extL2         bool
 	compress      bool
 	sync          bool
 }
@@ -158,12 +162,14 @@ func parseQCOW2Options(o FormatOptions) (qcow2Config, error) {
 		if err != nil {
 			return cfg, bad(key, v, err.Error())
 		}
+		if key == "extended_l2" {
+			cfg.extL2 = b
+			continue
+		}
 		if b {
 			switch key {
 			case "encryption":
 				return cfg, bad(key, v, "glimpse does not write encrypted qcow2 images")
-			case "extended_l2":
-				return cfg, bad(key, v, "glimpse does not write extended L2 entries (subclusters)")
 			default:
 				return cfg, bad(key, v, "glimpse does not write qcow2 images with an external data file")
 			}
@@ -198,7 +204,12 @@ func parseQCOW2Options(o FormatOptions) (qcow2Config, error) {
 			return cfg, errors.New("qcow2: lazy refcounts require compat=1.1 (v3)")
 		case cfg.zstd:
 			return cfg, errors.New("qcow2: compression_type=zstd requires compat=1.1 (v3)")
+		case cfg.extL2:
+			return cfg, errors.New("qcow2: extended_l2=on requires compat=1.1 (v3)")
 		}
+	}
+	if cfg.extL2 && cfg.clusterBits < 14 {
+		return cfg, errors.New("qcow2: extended L2 entries need a cluster_size of at least 16k")
 	}
 	return cfg, nil
 }
@@ -261,6 +272,8 @@ type qcow2Writer struct {
 
 	cs   int64
 	l2n  int64 // entries per L2 table
+	es   int64 // uint64 words per L2 entry: 1, or 2 with extended L2 entries (the bitmap)
+	sub  int64 // subcluster size (extended L2 entries), else the cluster size
 	size int64 // virtual size, a multiple of 512
 	src  int64 // the source's size: the chunks cover [0, src)
 	next int64 // the guest offset the next Write must start at
@@ -269,6 +282,9 @@ type qcow2Writer struct {
 	l2  []uint64 // the L2 table being filled
 	l2i int64    // its index in L1, or -1
 	l2b []byte   // serialisation buffer
+
+	curG    int64 // extended L2 without -c: the guest cluster being filled subcluster by subcluster, or -1
+	curHost int64 // and its host offset
 
 	deflaters sync.Pool // *flate.Writer
 	zenc      *zstd.Encoder
@@ -285,8 +301,15 @@ var (
 )
 
 func newQCOW2On(out *q2File, cfg qcow2Config) *qcow2Writer {
-	w := &qcow2Writer{cfg: cfg, out: out, cs: 1 << cfg.clusterBits, l2i: -1, size: -1}
-	w.l2n = w.cs / 8
+	w := &qcow2Writer{cfg: cfg, out: out, cs: 1 << cfg.clusterBits, l2i: -1, size: -1, curG: -1, es: 1}
+	if cfg.extL2 {
+		w.es = 2
+	}
+	w.l2n = w.cs / 8 / w.es
+	w.sub = w.cs
+	if cfg.extL2 && !cfg.compress {
+		w.sub = w.cs / 32 // compressed clusters have no subclusters: -c hands over whole clusters
+	}
 	return w
 }
 
@@ -306,7 +329,7 @@ func (w *qcow2Writer) Begin(size int64) (Layout, error) {
 		return Layout{}, fmt.Errorf("%s: a virtual size of %d bytes needs an L1 table beyond qemu's limit of %d bytes with %d-byte clusters (use a larger cluster_size)", w.out.name, w.size, q2MaxL1Bytes, w.cs)
 	}
 	w.l1 = make([]uint64, l1n)
-	w.l2 = make([]uint64, w.l2n)
+	w.l2 = make([]uint64, w.cs/8)
 	w.l2b = make([]byte, w.cs)
 	w.sp = newQ2Space(w.out, w.cfg.clusterBits, w.cfg.refcountOrder)
 	if err := w.sp.reserveHeader(); err != nil {
@@ -322,7 +345,7 @@ func (w *qcow2Writer) Begin(size int64) (Layout, error) {
 			w.zenc = enc
 		}
 	}
-	return Layout{Ordered: true, BlockSize: w.cs}, nil
+	return Layout{Ordered: true, BlockSize: w.sub}, nil
 }
 
 // q2Encoded is the result of Encode for one chunk: per cluster, whether it is all zeros,
@@ -440,8 +463,8 @@ func (w *qcow2Writer) Write(c *Chunk) error {
 	if c.Off != w.next || c.Len <= 0 || c.Off+c.Len > w.src {
 		return fmt.Errorf("%s: internal error: %v out of order (next offset %d, size %d)", w.out.name, c, w.next, w.src)
 	}
-	if c.Off%w.cs != 0 || ((c.Off+c.Len)%w.cs != 0 && c.Off+c.Len < w.src) {
-		return fmt.Errorf("%s: internal error: %v not aligned to %d-byte clusters", w.out.name, c, w.cs)
+	if c.Off%w.sub != 0 || ((c.Off+c.Len)%w.sub != 0 && c.Off+c.Len < w.src) {
+		return fmt.Errorf("%s: internal error: %v not aligned to %d-byte blocks", w.out.name, c, w.sub)
 	}
 	w.next = c.Off + c.Len
 	if c.Zero() {
@@ -453,6 +476,9 @@ func (w *qcow2Writer) Write(c *Chunk) error {
 		w.encoded.Put(e)
 		return err
 	}
+	if w.sub < w.cs {
+		return w.writeSubclusters(c)
+	}
 	// Plain clusters, appended in runs that stay inside one L2 table's range.
 	span := w.cs * w.l2n
 	for off := c.Off; off < c.Off+c.Len; {
@@ -462,7 +488,7 @@ func (w *qcow2Writer) Write(c *Chunk) error {
 			return err
 		}
 		for g := off; g < end; g += w.cs {
-			if err := w.setL2(g/w.cs, uint64(host+g-off)|q2CopiedFlag); err != nil {
+			if err := w.setL2(g/w.cs, uint64(host+g-off)|q2CopiedFlag, q2AllSubclusters); err != nil {
 				return err
 			}
 		}
@@ -478,7 +504,7 @@ func (w *qcow2Writer) writeEncoded(c *Chunk, e *q2Encoded) error {
 	csizeShift := 62 - (w.cfg.clusterBits - 8)
 	for i, it := range e.items {
 		g := c.Off/w.cs + int64(i)
-		var entry uint64
+		var entry, bitmap uint64
 		switch it.kind {
 		case q2Zero:
 			continue
@@ -488,7 +514,7 @@ func (w *qcow2Writer) writeEncoded(c *Chunk, e *q2Encoded) error {
 			if err != nil {
 				return err
 			}
-			entry = uint64(host) | q2CopiedFlag
+			entry, bitmap = uint64(host)|q2CopiedFlag, q2AllSubclusters
 		default:
 			data := e.buf[it.start:it.end]
 			host, err := w.sp.compressed(data)
@@ -498,23 +524,69 @@ func (w *qcow2Writer) writeEncoded(c *Chunk, e *q2Encoded) error {
 			nsec := uint64((host+int64(len(data))-1)>>9 - host>>9)
 			entry = q2CompressedFlag | nsec<<csizeShift | uint64(host)
 		}
-		if err := w.setL2(g, entry); err != nil {
+		if err := w.setL2(g, entry, bitmap); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// q2AllSubclusters is the bitmap of a cluster whose 32 subclusters are all allocated
+// (ignored without extended L2 entries).
+const q2AllSubclusters = 1<<32 - 1
+
+// writeSubclusters stores a data chunk of whole subclusters (extended L2 entries without
+// -c). A guest cluster gets its host cluster with its first data subcluster; later ones
+// go to their place in it, and the subclusters no data chunk covers stay unallocated
+// (they read as zeros). Chunks come in guest order, so the cluster being filled is always
+// the last one allocated, and nothing else is appended until the guest moves on.
+func (w *qcow2Writer) writeSubclusters(c *Chunk) error {
+	for off := c.Off; off < c.Off+c.Len; {
+		g := off / w.cs
+		end := min(c.Off+c.Len, (g+1)*w.cs)
+		if g != w.curG {
+			if li := g / w.l2n; li != w.l2i {
+				if err := w.flushL2(); err != nil {
+					return err
+				}
+				w.l2i = li
+			}
+			// The previous cluster is complete: refcount blocks may follow it now.
+			if err := w.sp.settle(); err != nil {
+				return err
+			}
+			host, err := w.sp.reserve()
+			if err != nil {
+				return err
+			}
+			w.curG, w.curHost = g, host
+		}
+		if err := w.sp.write(w.curHost+off%w.cs, c.Data[off-c.Off:end-c.Off]); err != nil {
+			return err
+		}
+		first, last := off%w.cs/w.sub, (end-1)%w.cs/w.sub
+		i := 2 * (g % w.l2n)
+		w.l2[i] = uint64(w.curHost) | q2CopiedFlag
+		w.l2[i+1] |= (uint64(1)<<(last+1) - 1) &^ (uint64(1)<<first - 1)
+		off = end
+	}
+	return nil
+}
+
 // setL2 records guest cluster g's entry, first writing out the L2 table of the previous
 // range when g is in a new one.
-func (w *qcow2Writer) setL2(g int64, entry uint64) error {
+func (w *qcow2Writer) setL2(g int64, entry, bitmap uint64) error {
 	if li := g / w.l2n; li != w.l2i {
 		if err := w.flushL2(); err != nil {
 			return err
 		}
 		w.l2i = li
 	}
-	w.l2[g%w.l2n] = entry
+	i := (g % w.l2n) * w.es
+	w.l2[i] = entry
+	if w.es == 2 {
+		w.l2[i+1] = bitmap
+	}
 	return nil
 }
 
@@ -596,10 +668,15 @@ func (w *qcow2Writer) header(l1Off, rtOff, rtClusters int64) []byte {
 	be.PutUint32(h[56:], uint32(rtClusters))
 	if w.cfg.version >= 3 {
 		h = h[:q2HeaderV3Len]
+		var incompat uint64
 		if w.cfg.zstd {
-			be.PutUint64(h[72:], 1<<3) // incompatible: compression type
+			incompat |= 1 << 3 // compression type
 			h[104] = 1
 		}
+		if w.cfg.extL2 {
+			incompat |= 1 << 4 // extended L2 entries
+		}
+		be.PutUint64(h[72:], incompat)
 		if w.cfg.lazy {
 			be.PutUint64(h[80:], 1) // compatible: lazy refcounts
 		}

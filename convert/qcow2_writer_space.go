@@ -102,6 +102,14 @@ func (s *q2Space) place(p []byte) (int64, error) {
 	return off, s.ref(off, n)
 }
 
+// reserve allocates a fresh cluster whose data the caller writes later, piece by piece
+// and in order, before anything else is appended (it does not settle).
+func (s *q2Space) reserve() (int64, error) {
+	off := alignUp(s.end, s.cs)
+	s.end = off + s.cs
+	return off, s.ref(off, s.cs)
+}
+
 // compressed appends the compressed data of one cluster right after the previous
 // allocation, as qemu's qcow2_alloc_bytes does: in the same host cluster as far as it
 // goes and on into the next one, unless that cluster's refcount is already at its
@@ -150,7 +158,7 @@ func (s *q2Space) write(off int64, p []byte) error {
 		if err := s.flush(); err != nil {
 			return err
 		}
-		if err := s.reserve(off + int64(len(p))); err != nil {
+		if err := s.preallocate(off + int64(len(p))); err != nil {
 			return err
 		}
 		if _, err := s.out.wa.WriteAt(p, off); err != nil {
@@ -174,8 +182,8 @@ func (s *q2Space) write(off int64, p []byte) error {
 // before the data is written. Commit cuts the file back to its size.
 const q2Reserve = 64 << 20
 
-// reserve preallocates the file up to at least end.
-func (s *q2Space) reserve(end int64) error {
+// preallocate reserves the file's blocks up to at least end.
+func (s *q2Space) preallocate(end int64) error {
 	if s.noPrealloc || end <= s.reserved {
 		return nil
 	}
@@ -200,7 +208,7 @@ func (s *q2Space) flush() error {
 	if len(s.buf) == 0 {
 		return nil
 	}
-	if err := s.reserve(s.bufOff + int64(len(s.buf))); err != nil {
+	if err := s.preallocate(s.bufOff + int64(len(s.buf))); err != nil {
 		return err
 	}
 	if _, err := s.out.wa.WriteAt(s.buf, s.bufOff); err != nil {

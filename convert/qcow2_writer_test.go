@@ -184,7 +184,9 @@ func TestQCOW2WriterOptions(t *testing.T) {
 		cases = append(cases, tc{"cluster_size=512,refcount_bits=" + rb, true})
 	}
 	cases = append(cases, tc{"refcount_bits=4", true}, tc{"refcount_bits=32", false}, tc{"lazy_refcounts=on", false},
-		tc{"compat=v2,cluster_size=4k", true}, tc{"compat=v3,compression_type=zstd", false})
+		tc{"compat=v2,cluster_size=4k", true}, tc{"compat=v3,compression_type=zstd", false},
+		tc{"extended_l2=on", false}, tc{"extended_l2=on,cluster_size=2M", false}, tc{"extended_l2=on,cluster_size=16k", false},
+		tc{"extended_l2=on", true}, tc{"extended_l2=on,cluster_size=32k,compression_type=zstd", true})
 	for _, c := range cases {
 		t.Run(fmt.Sprintf("%s,c=%v", c.kv, c.c), func(t *testing.T) {
 			t.Parallel()
@@ -349,12 +351,17 @@ func TestQCOW2WriterRandom(t *testing.T) {
 		dir := t.TempDir()
 		raw := filepath.Join(dir, "src.raw")
 		size := q2RandomRaw(t, rng, raw)
-		clusters := []string{"512", "1k", "4k", "64k", "2M"}
-		kv := "cluster_size=" + clusters[rng.IntN(len(clusters))]
+		clusters := []string{"512", "1k", "4k", "16k", "64k", "2M"}
+		cl := rng.IntN(len(clusters))
+		kv := "cluster_size=" + clusters[cl]
 		compress := rng.IntN(3) > 0
 		if rng.IntN(4) == 0 {
 			kv += ",compat=0.10"
 		} else {
+			if cl >= 3 && rng.IntN(2) == 0 {
+				kv += ",extended_l2=on"
+				compress = rng.IntN(3) == 0 // mostly subclusters
+			}
 			kv += ",refcount_bits=" + strconv.Itoa(1<<rng.IntN(7))
 			if rng.IntN(2) == 0 {
 				kv += ",compression_type=zstd"
@@ -439,7 +446,8 @@ func TestQCOW2WriterOptionErrors(t *testing.T) {
 		{"backing_fmt=raw", "without a backing file"},
 		{"data_file=x.raw", "external data file"},
 		{"data_file_raw=on", "external data file"},
-		{"extended_l2=on", "extended L2"},
+		{"extended_l2=on,cluster_size=4k", "at least 16k"},
+		{"extended_l2=on,compat=0.10", "requires compat=1.1"},
 		{"size=1G", "virtual size is the source's"},
 		{"subformat=dynamic", "does not know the option(s) subformat (it knows: backing_file"},
 	} {
