@@ -422,6 +422,7 @@ func TestQCOW2Fixtures(t *testing.T) {
 	dir := t.TempDir()
 	for _, fx := range qcow2Fixtures(t, dir) {
 		t.Run(fx.name, func(t *testing.T) {
+			t.Parallel()
 			img := openT(t, fx.path, OpenOptions{})
 			info := img.Info()
 			if info.Format != fx.format {
@@ -738,6 +739,7 @@ func TestQCOW2CheckCorruptions(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			p, l := mk(c.name+".qcow2", c.opts...)
 			c.damage(p, l)
 			img := openT(t, p, OpenOptions{})
@@ -963,6 +965,48 @@ func TestQCOW2Hostile(t *testing.T) {
 	}
 }
 
+// TestQCOW2RepeatedTables: an L1 table that cycles through more all-zero L2 tables than the
+// cache holds (2 MiB clusters: two tables) once made every lookup reload a 2 MiB table, and
+// one Extent call over the 2^56-byte disk ran for minutes (found by FuzzQCOW2). Tables past
+// the end of the file are the other half of that input.
+func TestQCOW2RepeatedTables(t *testing.T) {
+	be := binary.BigEndian
+	const cs = 2 << 20
+	for _, pastEOF := range []bool{false, true} {
+		b := make([]byte, 12*cs)
+		be.PutUint32(b[0:], qcow2Magic)
+		be.PutUint32(b[4:], 3)
+		be.PutUint32(b[20:], 21)
+		const entries = 1 << 17
+		be.PutUint64(b[24:], entries<<39)
+		be.PutUint32(b[36:], entries)
+		be.PutUint64(b[40:], cs)
+		be.PutUint64(b[48:], 11*cs)
+		be.PutUint32(b[56:], 1)
+		be.PutUint32(b[96:], 4)
+		be.PutUint32(b[100:], 112)
+		for i := 0; i < entries; i++ {
+			table := uint64(4+2*(i%4)) * cs // 4, 6, 8, 10 MiB: zeros
+			if pastEOF {
+				table = uint64(100+i) * cs
+			}
+			be.PutUint64(b[cs+8*i:], qcow2Copied|table)
+		}
+		start := time.Now()
+		fuzzOpen(t, b, QCOW2)
+		img, err := Open(bytes.NewReader(b), int64(len(b)), OpenOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e, err := img.Extent(0, 0); err != nil || e.Kind != KindHole || e.Length != img.Size() {
+			t.Errorf("Extent = %+v, %v", e, err)
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Errorf("past the end %v: took %v", pastEOF, d)
+		}
+	}
+}
+
 // TestQCOW2CraftedReads: compressed descriptors, zero and unaligned entries, tables past the
 // end of the file, built by hand.
 func TestQCOW2CraftedReads(t *testing.T) {
@@ -1123,8 +1167,8 @@ func TestQCOW2Concurrent(t *testing.T) {
 			go func(g int) {
 				defer wg.Done()
 				r := rand.New(rand.NewPCG(uint64(g), 9))
-				buf := make([]byte, 200<<10)
-				for i := 0; i < 200; i++ {
+				buf := make([]byte, 100<<10)
+				for i := 0; i < 60; i++ {
 					n := 1 + r.IntN(len(buf))
 					off := r.Int64N(int64(len(want) - n))
 					if _, err := img.ReadAt(buf[:n], off); err != nil {
