@@ -138,8 +138,11 @@ func ovaClean(t testing.TB, dir string) []byte {
 }
 
 // ovaCrafted builds the hostile and broken archives; each must report exactly its codes.
-func ovaCrafted(t testing.TB, dir string) []fixture {
-	disk := ovaRawDisk()
+func ovaCrafted(t testing.TB, dir string) []fixture { return ovaCraftedWith(t, dir, ovaRawDisk()) }
+
+// ovaCraftedWith builds the crafted archives around a given raw disk (the fuzzer's seeds use
+// a small one).
+func ovaCraftedWith(t testing.TB, dir string, disk []byte) []fixture {
 	doc := []byte(ovfDoc([]string{fmt.Sprintf("file1=disk.raw|%d", len(disk))}, []string{fmt.Sprintf("vmdisk1=file1:%d:byte", len(disk))}))
 	ovf := ovaFile("a.ovf", doc)
 	dsk := ovaFile("disk.raw", disk)
@@ -212,7 +215,7 @@ func ovaCrafted(t testing.TB, dir string) []fixture {
 	bad[ovfMembers+10] ^= 0x55 // the manifest's header: its checksum no longer matches
 	out = append(out, fixture{name: "ova/bad-checksum", path: ovfWriteFile(t, dir, "bad-checksum.ova", bad), qemuFormat: "-", format: OVA,
 		findings: []string{FindMalformed, FindOVFReference}})
-	cut := clean[:len(clean)-1024-512*100]
+	cut := clean[:len(clean)-1024-len(disk)/2]
 	out = append(out, fixture{name: "ova/truncated", path: ovfWriteFile(t, dir, "truncated.ova", cut), qemuFormat: "-", format: OVA,
 		findings: []string{FindPastEOF, FindOVAManifest}})
 	return out
@@ -780,7 +783,7 @@ func TestOVATarNumbers(t *testing.T) {
 
 func FuzzOVA(f *testing.F) {
 	dir := f.TempDir()
-	for _, fx := range ovaCrafted(f, dir) {
+	for _, fx := range ovaCraftedWith(f, dir, ovaRawDisk()[:8192]) {
 		if data, err := os.ReadFile(fx.path); err == nil && len(data) < 1<<20 {
 			f.Add(data)
 		}
