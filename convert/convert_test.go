@@ -703,3 +703,18 @@ func TestConvertProgress(t *testing.T) {
 		}
 	}
 }
+
+func TestConvertEmpty(t *testing.T) {
+	for _, l := range []Layout{{}, {Ordered: true}} {
+		r := newRecorder(t, l)
+		if err := Convert(context.Background(), newFake(), r, Options{}); err != nil {
+			t.Fatal(err)
+		}
+		if len(r.chunks) != 0 || r.commits != 1 {
+			t.Errorf("%+v: %d chunks, %d commits", l, len(r.chunks), r.commits)
+		}
+	}
+	if r, err := Compare(context.Background(), newFake(), newFake(), CompareOptions{Strict: true}); err != nil || !r.Identical {
+		t.Errorf("Compare of empty disks: %+v, %v", r, err)
+	}
+}

@@ -59,6 +59,10 @@ func mapCommand() *cli.Command {
 					fmt.Fprint(w, "}")
 					return nil
 				})
+				if first && err == nil {
+					// qemu-img prints one empty entry for an empty disk.
+					fmt.Fprint(w, `{ "start": 0, "length": 0, "depth": 0, "present": false, "zero": false, "data": false}`)
+				}
 				fmt.Fprintln(w, "]")
 			} else {
 				files := chainFiles{names: []string{name}, info: []inspect.Info{img.Info()}, opt: opt}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -81,4 +82,29 @@ func runTool(t *testing.T, name string, args ...string) (int, string, string) {
 		t.Fatal(err)
 	}
 	return 0, stdout.String(), stderr.String()
+}
+
+// TestMapCLIEmpty: qemu-img's map of an empty disk is one empty entry.
+func TestMapCLIEmpty(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "empty.raw")
+	if err := os.WriteFile(p, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, output := range []string{"json", "human"} {
+		_, want, _ := runTool(t, "qemu-img", "map", "-f", "raw", "--output="+output, p)
+		code, got, stderr := runCLI(t, "map", "--output="+output, p)
+		if code != 0 || got != want {
+			t.Errorf("%s: exit %d (%q): %q, qemu-img prints %q", output, code, stderr, got, want)
+		}
+	}
+	if code, out, _ := runCLI(t, "compare", p, p); code != 0 || out != "Images are identical.\n" {
+		t.Errorf("compare of empty disks: exit %d, %q", code, out)
+	}
+	out := filepath.Join(t.TempDir(), "out.raw")
+	if code, _, stderr := runCLI(t, "convert", p, out); code != 0 {
+		t.Fatalf("convert of an empty disk: %s", stderr)
+	}
+	if st, err := os.Stat(out); err != nil || st.Size() != 0 {
+		t.Errorf("converted empty disk: %v, %v", st, err)
+	}
 }
