@@ -1413,9 +1413,41 @@ func FuzzVMDK(f *testing.F) {
 	thirdPartySeed(f, "qemu-iotests/iotest-version3.vmdk.bz2", "qemu-iotests/afl9.vmdk.bz2", "cot/input.vmdk",
 		"cot/blank.vmdk", "cot/ubuntu.2.0-disk1.vmdk")
 	fuzzSeeds(f, vmdkTestdata()...)
+	f.Add(vmdkCraftCOWD(4096, 1, map[int]byte{0: 1, 7: 2}))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fuzzOpen(t, data, VMDK)
+		vmdkFuzzCOWD(t, data)
 	})
+}
+
+// vmdkFuzzCOWD reads a COWD extent the way a vmfsSparse descriptor's extent is read (only
+// reachable with AllowBacking, so fuzzOpen alone never gets there).
+func vmdkFuzzCOWD(t *testing.T, data []byte) {
+	if len(data) < 4 || string(data[:4]) != vmdkCOWDMagic {
+		return
+	}
+	sp, err := openVMDKCOWD(bytes.NewReader(data), int64(len(data)), "fuzz")
+	if err != nil || sp.capacity == 0 {
+		return
+	}
+	c := &vmdkCore{virtual: sp.capacity, extents: []*vmdkExtent{{length: sp.capacity, kind: vmdkExtSparse, sp: sp}}}
+	d := &disk{format: VMDK, name: "fuzz", c: c, info: Info{VirtualSize: sp.capacity}}
+	_ = d.Check()
+	buf := make([]byte, 64<<10)
+	for pos, steps := int64(0), 0; pos < sp.capacity && steps < 4096; steps++ {
+		e, err := d.Extent(pos, 0)
+		if err != nil {
+			return
+		}
+		if e.Start != pos || e.Length <= 0 || e.End() > sp.capacity {
+			t.Fatalf("Extent(%d) = %+v does not tile [0,%d)", pos, e, sp.capacity)
+		}
+		n, err := d.ReadAt(buf[:min(int64(len(buf)), e.Length)], pos)
+		if err == nil && e.ReadsZero() && !isZero(buf[:n]) {
+			t.Fatalf("zero extent %+v reads non-zero", e)
+		}
+		pos = e.End()
+	}
 }
 
 // vmdkFuzzWorker reports whether this process is a fuzzing worker, which gets its inputs
