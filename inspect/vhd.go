@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"path"
 	"strings"
 	"sync"
@@ -340,6 +341,7 @@ func vhdVirtualSize(f *vhdFooter) (size int64, fromCHS bool) {
 // vhdCore is an opened vhd.
 type vhdCore struct {
 	r         io.ReaderAt
+	file      *os.File // r, when it is a plain file: holes come from SEEK_DATA/SEEK_HOLE
 	fileSize  int64
 	sizeKnown bool
 
@@ -376,6 +378,7 @@ func (c *vhdCore) passthrough() bool { return c.footer.diskType == vhdFixed }
 
 func openVHD(o *opener) (core, error) {
 	c := &vhdCore{r: o.r, fileSize: o.size, sizeKnown: o.sizeKnown, bmBlock: -1}
+	c.file, _ = o.r.(*os.File)
 	head, err := readAt(o.r, 0, min(8, o.size), VHD, "footer")
 	if err != nil {
 		return nil, err
@@ -744,7 +747,8 @@ func (c *vhdCore) lookup(off int64) (segment, error) {
 		if off >= end {
 			return segment{kind: KindHole, length: c.virtual - off, host: -1}, nil
 		}
-		return segment{kind: KindData, length: end - off, r: c.r, off: off, host: off}, nil
+		// qemu reads a fixed disk through the file, and so maps its holes as zeros.
+		return vhdSparse(c.file, segment{kind: KindData, length: end - off, r: c.r, off: off, host: off}), nil
 	}
 	bs := c.blockSize
 	blk := off / bs
@@ -772,6 +776,7 @@ func (c *vhdCore) lookup(off int64) (segment, error) {
 	}
 	data := int64(e)*vhdSector + c.bitmapSize + within
 	if !c.differencing() {
+		// qemu reports an allocated block as data, holes in the file or not (map agrees).
 		return segment{kind: KindData, length: bs - within, r: c.r, off: data, host: data}, nil
 	}
 	// A differencing disk holds the sectors whose bitmap bit is set (bit 7 of byte 0 is
@@ -792,6 +797,30 @@ func (c *vhdCore) lookup(off int64) (segment, error) {
 		return segment{kind: KindData, length: n, r: c.r, off: data, host: data}, nil
 	}
 	return c.parentSegment(off, n)
+}
+
+// vhdSparse refines a data segment stored in a plain file by the file's holes, which read
+// as zeros: a hole at its start becomes a zero run (KindZero, as raw reports holes), data
+// followed by a hole is cut where the hole starts. The bytes read are the same; a converter
+// just need not read them. qemu does the same for a fixed vhd (its block status recurses
+// into the file); for vhdx, whose driver has no block status at all, it is glimpse's own.
+// vhd.go and vhdx.go share it.
+func vhdSparse(f *os.File, s segment) segment {
+	if f == nil || s.kind != KindData {
+		return s
+	}
+	data, hole, ok := seekDataHole(f, s.host)
+	switch {
+	case !ok:
+		return s
+	case data > s.host:
+		return segment{kind: KindZero, length: min(data-s.host, s.length), host: -1}
+	case data < s.host: // past the end of the file
+		return segment{kind: KindZero, length: s.length, host: -1}
+	case hole > s.host && hole < s.host+s.length:
+		s.length = hole - s.host
+	}
+	return s
 }
 
 // bitmapRun reads block blk's sector bitmap (cached for the last block) and returns whether

@@ -3,6 +3,7 @@ package inspect
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -993,4 +994,86 @@ func TestVHDSmallBlockDifferencing(t *testing.T) {
 		t.Errorf("read: %v, want a FormatError", err)
 	}
 	img.Check()
+}
+
+// TestVHDReadAllocs: reading guest data allocates nothing per call (the converter reads
+// gigabytes through ReadAt), for fixed and dynamic vhd and for vhdx.
+func TestVHDReadAllocs(t *testing.T) {
+	qemutest.Need(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	for _, v := range []struct{ name, format, qfmt string }{
+		{"dyn.vhd", "vpc", "vpc"}, {"fixed.vhd", "vpc", "vpc"}, {"dyn.vhdx", "vhdx", "vhdx"},
+	} {
+		var opts []string
+		if strings.HasPrefix(v.name, "fixed") {
+			opts = append(opts, "subformat=fixed")
+		}
+		p := qemutest.Create(t, dir, v.name, v.format, "8M", opts...)
+		qemutest.IO(t, p, v.qfmt, "write -P 0x42 0 8M")
+		img := openT(t, p, OpenOptions{Format: map[string]Format{"vpc": VHD, "vhdx": VHDX}[v.format]})
+		buf := make([]byte, 64<<10)
+		off := int64(0)
+		allocs := testing.AllocsPerRun(200, func() {
+			if _, err := img.ReadAt(buf, off); err != nil {
+				t.Fatal(err)
+			}
+			off = (off + 4096*17) % (img.Size() - int64(len(buf)))
+		})
+		if allocs > 0 {
+			t.Errorf("%s: %.1f allocations per ReadAt", v.name, allocs)
+		}
+	}
+}
+
+// TestVHDMapLikeQemu: for a dynamic disk the data runs glimpse reports are the ones
+// qemu-img map reports, whole allocated blocks. For a fixed disk qemu-img map says "data"
+// everywhere, but glimpse reports the file's holes as zeros, so that a conversion skips
+// them as qemu-img convert does (its block status looks into the file when it wants zeros).
+func TestVHDMapLikeQemu(t *testing.T) {
+	qemutest.Need(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	for _, sub := range []string{"dynamic", "fixed"} {
+		p := qemutest.Create(t, dir, sub+".vhd", "vpc", "12M", "subformat="+sub)
+		qemutest.IO(t, p, "vpc", "write -P 1 0 4k", "write -P 2 3M 1M", "write -P 3 8M 512")
+		img := openT(t, p, OpenOptions{Format: VHD})
+		var got [][2]int64
+		for pos := int64(0); pos < img.Size(); {
+			e, err := img.Extent(pos, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.Kind == KindData {
+				got = vhdAppendRun(got, e.Start, e.Length)
+			}
+			pos = e.End()
+		}
+		var q []struct {
+			Start, Length int64
+			Data          bool
+		}
+		out := qemutest.Img(t, "map", "--output=json", "-f", "vpc", p)
+		if err := json.Unmarshal([]byte(out), &q); err != nil {
+			t.Fatal(err)
+		}
+		var want [][2]int64
+		for _, e := range q {
+			if e.Data && e.Start < img.Size() {
+				want = vhdAppendRun(want, e.Start, min(e.Length, img.Size()-e.Start))
+			}
+		}
+		if sub == "fixed" {
+			want = [][2]int64{{0, 4096}, {3 << 20, 1 << 20}, {8 << 20, 4096}}
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: data runs %v, want %v", sub, got, want)
+		}
+	}
+}
+
+func vhdAppendRun(runs [][2]int64, start, n int64) [][2]int64 {
+	if k := len(runs); k > 0 && runs[k-1][0]+runs[k-1][1] == start {
+		runs[k-1][1] += n
+		return runs
+	}
+	return append(runs, [2]int64{start, n})
 }

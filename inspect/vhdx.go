@@ -9,6 +9,7 @@ import (
 	"hash/crc32"
 	"io"
 	"math"
+	"os"
 	"slices"
 	"strings"
 )
@@ -219,6 +220,7 @@ type vhdxItem struct {
 
 type vhdxCore struct {
 	r         io.ReaderAt
+	file      *os.File // r, when it is a plain file (see vhdSparse)
 	fileSize  int64
 	sizeKnown bool
 
@@ -269,6 +271,7 @@ func openVHDX(o *opener) (core, error) {
 		return nil, wrongFormat(VHDX, "no \"vhdxfile\" signature at offset 0")
 	}
 	c := &vhdxCore{r: o.r, fileSize: o.size, sizeKnown: o.sizeKnown}
+	c.file, _ = o.r.(*os.File)
 	if o.sizeKnown && o.size < vhdxHeaderSection {
 		return nil, o.ferr(VHDX, "header section", "", 0, o.size, "the file is smaller than the 1 MiB header section")
 	}
@@ -774,7 +777,7 @@ func (c *vhdxCore) lookup(off int64) (segment, error) {
 	if kind != KindData {
 		return segment{kind: kind, length: n, host: -1}, nil
 	}
-	return segment{kind: KindData, length: n, r: c.r, off: fileOff + within, host: fileOff + within}, nil
+	return vhdSparse(c.file, segment{kind: KindData, length: n, r: c.r, off: fileOff + within, host: fileOff + within}), nil
 }
 
 // vhdxReadZeroFill fills buf from off, zeros past the end of the file (as qemu reads the
