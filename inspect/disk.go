@@ -168,6 +168,11 @@ func (d *disk) ReadAt(p []byte, off int64) (int, error) {
 	return n, tailErr
 }
 
+// maxExtentMerge bounds the lookups one Extent call merges. Formats return runs as long as
+// their tables allow, but a hostile file can make every run short (a huge disk whose tables
+// are all unreadable); the caller then simply asks again from where the extent ended.
+const maxExtentMerge = 4096
+
 // Extent returns the run of one kind that begins at off, at most n bytes long (n <= 0 means
 // to the end of the disk). Consecutive runs merge when they have the same kind and depth,
 // and, for data, when they are contiguous in the same file.
@@ -185,7 +190,7 @@ func (d *disk) Extent(off, n int64) (Extent, error) {
 		return Extent{}, err
 	}
 	e := Extent{Start: off, Length: min(s.length, end-off), Kind: s.kind, Depth: s.depth, Offset: s.host}
-	for e.End() < end {
+	for merged := 1; e.End() < end && merged < maxExtentMerge; merged++ {
 		next, err := d.lookup(e.End())
 		if err != nil {
 			break // the caller hits the error when it reaches this offset

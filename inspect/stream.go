@@ -293,8 +293,8 @@ func (s *Stream) decide(v Verdict) {
 // headFormats are formats whose magic is in the first 512 bytes; a declared one that is not
 // there by byte 512 is not what was declared. lateHeadFormats are proved within the head.
 var (
-	headFormats     = []Format{QCOW2, QED, VHDX, VDI, LUKS, OVA}
-	lateHeadFormats = []Format{VMDK, OVF, ISO}
+	headFormats     = []Format{QCOW2, QED, VHDX, VDI, LUKS}
+	lateHeadFormats = []Format{VMDK, OVF, ISO, OVA}
 )
 
 // earlyMismatch decides at the early probe points whether the head rules out the declared
