@@ -14,7 +14,8 @@ import (
 // the data sectors. qemu (vhdx_log_search) walks every sector of the log and calls the log
 // dirty when an entry starting at any sector is valid: a sane header carrying the header's
 // log GUID, valid descriptors, and a matching CRC over the entry (wrapping around the end of
-// the log). glimpse makes the same decision without replaying anything.
+// the log). An entry whose header is sane but whose descriptors are not makes qemu's search,
+// and the open, fail. glimpse makes the same decisions without replaying anything.
 
 const (
 	vhdxLogEntryHeader = 64
@@ -91,7 +92,9 @@ func vhdxLogEntryValid(r io.ReaderAt, off, sectors, first, covered, descs int64,
 		}
 		for p := start; p+vhdxLogDescSize <= vhdxLogSector && desc < descs; p += vhdxLogDescSize {
 			if !vhdxLogDescValid(buf[p:p+vhdxLogDescSize], seq) {
-				return false, nil
+				// qemu does not skip such an entry: its log search fails, and so does the open.
+				return false, ferr(VHDX, "log", "descriptor", at+p, desc,
+					"of the entry at sector %d (sequence number %d) is neither a valid zero nor data descriptor", first, seq)
 			}
 			desc++
 		}
