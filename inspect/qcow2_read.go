@@ -607,6 +607,13 @@ func (z *qcow2ZCache) read(c *qcow2Core, desc uint64, p []byte, from int) (int, 
 	}
 	z.mu.Unlock()
 
+	if from == 0 && int64(len(p)) >= c.cs {
+		// The caller wants the whole cluster (a converter does): decode straight into p.
+		if err := c.decompress(desc, p[:c.cs]); err != nil {
+			return 0, err
+		}
+		return int(c.cs), nil
+	}
 	buf, _ := z.bufs.Get().(*[]byte)
 	if buf == nil || int64(len(*buf)) != c.cs {
 		b := make([]byte, c.cs)
