@@ -358,7 +358,7 @@ func (c *vhdxCore) pickHeader(o *opener) error {
 		c.cur = 0
 	case h2.seq > h1.seq:
 		c.cur = 1
-	case bytes.Equal(h1.raw[:80], h2.raw[:80]):
+	case bytes.Equal(h1.raw, h2.raw): // all 4 KiB, as qemu compares them
 		c.cur = 0
 	default:
 		return o.ferr(VHDX, "header", "sequence_number", vhdxHeaderOffsets[1]+8, h2.seq,
