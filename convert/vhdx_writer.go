@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math/bits"
 	"unicode/utf16"
 
 	"glimpse/inspect"
@@ -266,6 +267,12 @@ func newVHDXLayout(cfg *vhdxConfig, size int64) (vhdxLayout, error) {
 	l.metaOff = l.logOff + cfg.logSize
 	l.batOff = l.metaOff + vhdxwMetaSize
 	l.batLen = max(alignUp(l.batEntries*8, vhdxwMiB), vhdxwMiB)
+	if l.blocks == 0 {
+		// qemu 7.2 counts the BAT entries of an empty disk in 32 bits as 0 + (0-1)/ratio
+		// and refuses a BAT region smaller than that, so it gets that much room, as
+		// qemu's own empty images have (a hole: it costs no space).
+		l.batLen = alignUp(int64(uint32(0xffffffff)>>bits.TrailingZeros64(uint64(l.ratio)))*8, vhdxwMiB)
+	}
 	l.dataOff = l.batOff + l.batLen
 	if l.batLen > 0xffffffff {
 		return l, fmt.Errorf("%s: a virtual size of %d bytes needs a BAT of %d bytes with %d-byte blocks, more than a region can hold (4 GiB); use a larger block_size", cfg.name, size, l.batLen, l.block)
