@@ -399,4 +399,3 @@ func joinFindings(fs []inspect.Finding) string {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
-
