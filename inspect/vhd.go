@@ -238,7 +238,7 @@ func parseVHDDynHeader(b []byte) vhdDynHeader {
 	h.checksum = binary.BigEndian.Uint32(b[36:])
 	copy(h.parentUUID[:], b[40:56])
 	h.parentTimestamp = binary.BigEndian.Uint32(b[56:])
-	h.parentName = decodeUTF16(b[64:576], true)
+	h.parentName = vhdDecodeUTF16(b[64:576], true)
 	for i := range h.locators {
 		e := b[576+24*i:]
 		h.locators[i] = vhdLocatorEntry{
@@ -251,8 +251,8 @@ func parseVHDDynHeader(b []byte) vhdDynHeader {
 	return h
 }
 
-// decodeUTF16 decodes UTF-16 (big- or little-endian) up to the first NUL.
-func decodeUTF16(b []byte, bigEndian bool) string {
+// vhdDecodeUTF16 decodes UTF-16 (big- or little-endian) up to the first NUL.
+func vhdDecodeUTF16(b []byte, bigEndian bool) string {
 	u := make([]uint16, 0, len(b)/2)
 	for i := 0; i+1 < len(b); i += 2 {
 		var c uint16
@@ -556,7 +556,7 @@ func (c *vhdCore) openHeader(o *opener) error {
 func vhdDecodeLocator(code uint32, data []byte) string {
 	switch code {
 	case vhdPlatW2ru, vhdPlatW2ku:
-		return decodeUTF16(data, false)
+		return vhdDecodeUTF16(data, false)
 	case vhdPlatMacX, vhdPlatWi2r, vhdPlatWi2k:
 		return strings.ToValidUTF8(cstring(data), "\uFFFD")
 	}
@@ -643,8 +643,8 @@ func (c *vhdCore) openParent(o *opener) {
 		}
 		pc, ok := p.c.(*vhdCore)
 		if ok && pc.footer.uuid != c.hdr.parentUUID {
-			firstErr = o.ferr(VHD, "dynamic disk header", "parent_uuid", c.hdrOffset+40, formatUUID(c.hdr.parentUUID),
-				"does not match the UUID of parent %q (%s)", ref, formatUUID(pc.footer.uuid))
+			firstErr = o.ferr(VHD, "dynamic disk header", "parent_uuid", c.hdrOffset+40, vhdFormatUUID(c.hdr.parentUUID),
+				"does not match the UUID of parent %q (%s)", ref, vhdFormatUUID(pc.footer.uuid))
 			continue
 		}
 		c.parent, c.parentRef = p, ref
@@ -668,7 +668,7 @@ func vhdReadZeroFill(r io.ReaderAt, off, n int64, structure string) ([]byte, err
 	return buf, nil
 }
 
-func formatUUID(u [16]byte) string {
+func vhdFormatUUID(u [16]byte) string {
 	var b [36]byte
 	hex.Encode(b[0:8], u[0:4])
 	b[8] = '-'
@@ -709,7 +709,7 @@ func (c *vhdCore) describe(info *Info) {
 		CurrentSize:    int64(min(f.curSize, uint64(math.MaxInt64))),
 		Geometry:       VHDGeometry{f.cylinders, f.heads, f.spt},
 		SizeFrom:       "current-size",
-		UUID:           formatUUID(f.uuid),
+		UUID:           vhdFormatUUID(f.uuid),
 		SavedState:     f.savedState != 0,
 		FooterAt:       c.footerAt,
 	}
@@ -723,7 +723,7 @@ func (c *vhdCore) describe(info *Info) {
 		vi.MaxTableEntries = h.maxEntries
 		vi.BlockSize = c.blockSize
 		if h.parentUUID != ([16]byte{}) {
-			vi.ParentUUID = formatUUID(h.parentUUID)
+			vi.ParentUUID = vhdFormatUUID(h.parentUUID)
 		}
 		if h.parentTimestamp != 0 {
 			t := vhdTime(h.parentTimestamp)

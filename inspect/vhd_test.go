@@ -106,7 +106,7 @@ func vhdFooterBytes(app string, cur uint64, cyl uint16, heads, spt uint8, diskTy
 	return f
 }
 
-func writeFileT(t testing.TB, p string, b []byte) string {
+func vhdWriteFile(t testing.TB, p string, b []byte) string {
 	t.Helper()
 	if err := os.WriteFile(p, b, 0o644); err != nil {
 		t.Fatal(err)
@@ -114,7 +114,7 @@ func writeFileT(t testing.TB, p string, b []byte) string {
 	return p
 }
 
-func readFileT(t testing.TB, p string) []byte {
+func vhdReadFile(t testing.TB, p string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(p)
 	if err != nil {
@@ -134,8 +134,8 @@ func vhdMakeDifferencing(t testing.TB, dir string) (parent, child string) {
 	c := qemutest.Create(t, dir, "child-base.vhd", "vpc", "6M", "subformat=dynamic")
 	// Child data: block 0 fully written, block 1 partially, block 2 untouched.
 	qemutest.IO(t, c, "vpc", "write -P 0xc1 0 2M", "write -P 0xc2 2M 64k")
-	pb := readFileT(t, parent)
-	b := readFileT(t, c)
+	pb := vhdReadFile(t, parent)
+	b := vhdReadFile(t, c)
 	os.Remove(c)
 	hdrOff := int64(binary.BigEndian.Uint64(b[16:]))
 	bat := int64(binary.BigEndian.Uint64(b[hdrOff+16:]))
@@ -191,7 +191,7 @@ func vhdMakeDifferencing(t testing.TB, dir string) (parent, child string) {
 	binary.BigEndian.PutUint32(footer[60:], vhdDifferencing)
 	vhdSetFooterChecksum(footer)
 	copy(body[:vhdFooterSize], footer)
-	child = writeFileT(t, filepath.Join(dir, "child.vhd"), append(body, footer...))
+	child = vhdWriteFile(t, filepath.Join(dir, "child.vhd"), append(body, footer...))
 	return parent, child
 }
 
@@ -211,7 +211,7 @@ func TestVHDFixtures(t *testing.T) {
 			if !slices.Equal(codes, fx.findings) {
 				t.Errorf("findings %v, want %v (%v)", codes, fx.findings, img.Safety())
 			}
-			validateReadable(t, img, fx.readable)
+			vhdValidateReadable(t, img, fx.readable)
 			if fx.qemuFormat == "-" {
 				return
 			}
@@ -230,9 +230,9 @@ func TestVHDFixtures(t *testing.T) {
 	}
 }
 
-// validateReadable runs validate on readable images, and on the others checks that reads
+// vhdValidateReadable runs validate on readable images, and on the others checks that reads
 // fail with a typed error rather than returning wrong bytes.
-func validateReadable(t *testing.T, img Image, readable bool) {
+func vhdValidateReadable(t *testing.T, img Image, readable bool) {
 	t.Helper()
 	if readable {
 		validate(t, img)
@@ -279,7 +279,7 @@ func TestVHDSizeRule(t *testing.T) {
 			for i := range data {
 				data[i] = byte(i / 512)
 			}
-			p := writeFileT(t, filepath.Join(dir, name+".vhd"),
+			p := vhdWriteFile(t, filepath.Join(dir, name+".vhd"),
 				append(data, vhdFooterBytes(v.app, cur, v.cyl, v.heads, v.spt, vhdFixed, ^uint64(0))...))
 			img := openT(t, p, OpenOptions{})
 			compareWithQemu(t, p, "vpc", img.Info())
@@ -302,7 +302,7 @@ func TestVHDQemuQuirks(t *testing.T) {
 	patterned := func(name string, opts ...string) (string, []byte) {
 		p := qemutest.Create(t, dir, name, "vpc", "5M", opts...)
 		qemutest.IO(t, p, "vpc", "write -P 0x5a 0 3M", "write -P 0x6b 4M 4k")
-		return p, readFileT(t, p)
+		return p, vhdReadFile(t, p)
 	}
 	check := func(t *testing.T, p string, wantFinding string) Image {
 		t.Helper()
@@ -321,7 +321,7 @@ func TestVHDQemuQuirks(t *testing.T) {
 		bat := int64(binary.BigEndian.Uint64(b[512+16:]))
 		e := int64(binary.BigEndian.Uint32(b[bat:]))
 		clear(b[e*512 : e*512+512])
-		p := writeFileT(t, filepath.Join(dir, "bitmap-zero.vhd"), b)
+		p := vhdWriteFile(t, filepath.Join(dir, "bitmap-zero.vhd"), b)
 		check(t, p, "")
 	})
 	t.Run("fixed-type-with-header", func(t *testing.T) {
@@ -332,7 +332,7 @@ func TestVHDQemuQuirks(t *testing.T) {
 			binary.BigEndian.PutUint32(b[off+60:], vhdFixed)
 			vhdSetFooterChecksum(b[off : off+512])
 		}
-		p := writeFileT(t, filepath.Join(dir, "fixed-type-with-header.vhd"), b)
+		p := vhdWriteFile(t, filepath.Join(dir, "fixed-type-with-header.vhd"), b)
 		img := check(t, p, FindMalformed)
 		if rep := img.Check(); rep.Corruptions == 0 {
 			t.Errorf("check found nothing: %+v", rep)
@@ -342,15 +342,15 @@ func TestVHDQemuQuirks(t *testing.T) {
 		// A footer only at the end that says "dynamic": qemu refuses it ("invalid VPC
 		// image"), and so does glimpse, naming the field.
 		p := qemutest.Create(t, dir, "tailonly.vhd", "vpc", "5M", "subformat=fixed")
-		b := readFileT(t, p)
+		b := vhdReadFile(t, p)
 		f := b[len(b)-512:]
 		binary.BigEndian.PutUint32(f[60:], vhdDynamic)
 		vhdSetFooterChecksum(f)
-		writeFileT(t, p, b)
+		vhdWriteFile(t, p, b)
 		if _, err := qemutest.Output("qemu-img", "info", "-f", "vpc", p); err == nil {
 			t.Error("qemu-img opens it")
 		}
-		wantFormatError(t, p, "footer", "disk_type")
+		vhdWantFormatError(t, p, "footer", "disk_type")
 	})
 	t.Run("unaligned-fixed", func(t *testing.T) {
 		// A file whose size is not a multiple of 512: qemu looks for the footer in the last
@@ -361,16 +361,16 @@ func TestVHDQemuQuirks(t *testing.T) {
 			data[i] = byte(i>>9) ^ 0x3c
 		}
 		f := vhdFooterBytes("win ", 1<<20, 30, 4, 17, vhdFixed, ^uint64(0))
-		p := writeFileT(t, filepath.Join(dir, "unaligned.vhd"), append(data, f[:100]...))
-		if fs, _ := ProbeAll(bytes.NewReader(readFileT(t, p)), int64(len(data)+100)); !slices.Contains(fs, VHD) {
+		p := vhdWriteFile(t, filepath.Join(dir, "unaligned.vhd"), append(data, f[:100]...))
+		if fs, _ := ProbeAll(bytes.NewReader(vhdReadFile(t, p)), int64(len(data)+100)); !slices.Contains(fs, VHD) {
 			t.Errorf("probe %v: want vhd", fs)
 		}
 		check(t, p, "")
 	})
 }
 
-// wantFormatError opens path and expects a *FormatError on structure and field.
-func wantFormatError(t *testing.T, path, structure, field string) *FormatError {
+// vhdWantFormatError opens path and expects a *FormatError on structure and field.
+func vhdWantFormatError(t *testing.T, path, structure, field string) *FormatError {
 	t.Helper()
 	img, err := OpenFile(path, OpenOptions{})
 	if err == nil {
@@ -394,10 +394,10 @@ func TestVHDThirdParty(t *testing.T) {
 		// qemu: "Max Table Entries too large (1073741825)". glimpse fails on the same field,
 		// without allocating the table.
 		p := qemutest.ThirdParty(t, "qemu-iotests/afl5.img.bz2")
-		if f, err := ProbeAll(fileReaderT(t, p)); err != nil || !slices.Equal(f, []Format{VHD}) {
+		if f, err := ProbeAll(vhdFileReader(t, p)); err != nil || !slices.Equal(f, []Format{VHD}) {
 			t.Fatalf("probe: %v %v", f, err)
 		}
-		fe := wantFormatError(t, p, "dynamic disk header", "max_table_entries")
+		fe := vhdWantFormatError(t, p, "dynamic disk header", "max_table_entries")
 		if fe.Value != uint32(1073741825) || fe.Offset != 512+28 {
 			t.Errorf("error %v: value %v offset %d", fe, fe.Value, fe.Offset)
 		}
@@ -460,14 +460,14 @@ func TestVHDThirdParty(t *testing.T) {
 		if q := qemutest.Info(t, p, ""); q.Format != "raw" {
 			t.Errorf("qemu-img probes %s", q.Format)
 		}
-		if f, err := Probe(fileReaderT(t, p)); err != nil || f != VHD {
+		if f, err := Probe(vhdFileReader(t, p)); err != nil || f != VHD {
 			t.Errorf("Probe: %v %v", f, err)
 		}
 	})
 }
 
-// fileReaderT returns a reader and size for Probe.
-func fileReaderT(t testing.TB, p string) (*os.File, int64) {
+// vhdFileReader returns a reader and size for Probe.
+func vhdFileReader(t testing.TB, p string) (*os.File, int64) {
 	t.Helper()
 	f, err := os.Open(p)
 	if err != nil {
@@ -487,7 +487,7 @@ func vhdDynamicBytes(t testing.TB, dir string) []byte {
 	t.Helper()
 	p := qemutest.Create(t, dir, "base.vhd", "vpc", "5M", "subformat=dynamic")
 	qemutest.IO(t, p, "vpc", "write -P 0x71 0 4k", "write -P 0x72 4M 4k")
-	return readFileT(t, p)
+	return vhdReadFile(t, p)
 }
 
 // TestVHDHostile: crafted damage gives FormatErrors naming the field, findings, or check
@@ -551,8 +551,8 @@ func TestVHDHostile(t *testing.T) {
 			}},
 		} {
 			t.Run(v.name, func(t *testing.T) {
-				p := writeFileT(t, filepath.Join(dir, v.name+".vhd"), v.mutate(slices.Clone(base)))
-				wantFormatError(t, p, v.structure, v.field)
+				p := vhdWriteFile(t, filepath.Join(dir, v.name+".vhd"), v.mutate(slices.Clone(base)))
+				vhdWantFormatError(t, p, v.structure, v.field)
 			})
 		}
 	})
@@ -595,7 +595,7 @@ func TestVHDHostile(t *testing.T) {
 			}},
 		} {
 			t.Run(v.name, func(t *testing.T) {
-				p := writeFileT(t, filepath.Join(dir, v.name+".vhd"), v.mutate(slices.Clone(base)))
+				p := vhdWriteFile(t, filepath.Join(dir, v.name+".vhd"), v.mutate(slices.Clone(base)))
 				img := openT(t, p, OpenOptions{})
 				var codes []string
 				for _, f := range img.Safety() {
@@ -643,7 +643,7 @@ func TestVHDHostile(t *testing.T) {
 			{"header-checksum", "checksum", func(b []byte) []byte { b[hdr+700] ^= 0x40; return b }},
 		} {
 			t.Run(v.name, func(t *testing.T) {
-				p := writeFileT(t, filepath.Join(dir, "check-"+v.name+".vhd"), v.mutate(slices.Clone(base)))
+				p := vhdWriteFile(t, filepath.Join(dir, "check-"+v.name+".vhd"), v.mutate(slices.Clone(base)))
 				img := openT(t, p, OpenOptions{})
 				rep := img.Check()
 				found := false
@@ -687,7 +687,7 @@ func TestVHDDifferencing(t *testing.T) {
 	if n, err := img.ReadAt(got, 0); n != len(got) || err != nil {
 		t.Fatalf("ReadAt: %d %v", n, err)
 	}
-	if i := firstDiff(got, want); i >= 0 {
+	if i := vhdFirstDiff(got, want); i >= 0 {
 		t.Fatalf("guest byte %d is 0x%02x, want 0x%02x", i, got[i], want[i])
 	}
 	validate(t, img)
@@ -730,13 +730,13 @@ func TestVHDDifferencing(t *testing.T) {
 			t.Errorf("reading the parent's sectors: %v, want ErrNotAllowed", err)
 		}
 	})
-	b := readFileT(t, child)
+	b := vhdReadFile(t, child)
 	variant := func(t *testing.T, name string, edit func(c, h []byte)) Image {
 		c := slices.Clone(b)
 		h := c[512 : 512+vhdHeaderSize]
 		edit(c, h)
 		vhdSetHeaderChecksum(h)
-		return openT(t, writeFileT(t, filepath.Join(dir, name), c), OpenOptions{AllowBacking: true})
+		return openT(t, vhdWriteFile(t, filepath.Join(dir, name), c), OpenOptions{AllowBacking: true})
 	}
 	setRel := func(c, h []byte, rel string) {
 		off := binary.BigEndian.Uint64(h[576+24+16:])
@@ -775,7 +775,7 @@ func TestVHDDifferencing(t *testing.T) {
 	})
 	t.Run("missing-parent", func(t *testing.T) {
 		sub := t.TempDir()
-		p := writeFileT(t, filepath.Join(sub, "child.vhd"), b)
+		p := vhdWriteFile(t, filepath.Join(sub, "child.vhd"), b)
 		img := openT(t, p, OpenOptions{AllowBacking: true})
 		if _, err := img.ReadAt(make([]byte, 512), 4096); err == nil || !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("missing parent: %v", err)
@@ -783,7 +783,7 @@ func TestVHDDifferencing(t *testing.T) {
 	})
 }
 
-func firstDiff(a, b []byte) int {
+func vhdFirstDiff(a, b []byte) int {
 	for i := range min(len(a), len(b)) {
 		if a[i] != b[i] {
 			return i
@@ -800,7 +800,7 @@ func firstDiff(a, b []byte) int {
 func TestVHDStream(t *testing.T) {
 	dir := t.TempDir()
 	for _, fx := range vhdFixtures(t, dir) {
-		data := readFileT(t, fx.path)
+		data := vhdReadFile(t, fx.path)
 		if len(data) > 32<<20 {
 			continue
 		}
@@ -819,7 +819,7 @@ func FuzzVHD(f *testing.F) {
 	if _, err := exec.LookPath("qemu-img"); (err == nil || qemutest.InCI()) && !vhdFuzzWorker() {
 		dir := f.TempDir()
 		for _, fx := range vhdFixtures(f, dir) {
-			data := readFileT(f, fx.path)
+			data := vhdReadFile(f, fx.path)
 			if len(data) > 64<<10 {
 				// keep the metadata: the head, and the footer of fixed disks
 				data = append(data[:64<<10:64<<10], data[len(data)-512:]...)
@@ -906,7 +906,7 @@ func vhdCompact(differencing bool) []byte {
 	if differencing {
 		copy(h[576:], []byte{'W', '2', 'r', 'u', 0, 0, 2, 0, 0, 0, 0, 24})
 		binary.BigEndian.PutUint64(h[576+16:], loc)
-		copy(b[loc:], utf16leT(`.\parent.vhd`))
+		copy(b[loc:], vhdUTF16LE(`.\parent.vhd`))
 	}
 	vhdSetHeaderChecksum(h)
 	copy(b[len(b)-512:], b[:512])

@@ -111,8 +111,8 @@ const (
 	vhdxSBPresent        = 6 // sector bitmap block present
 )
 
-// msGUID builds a GUID in Microsoft's on-disk layout from its textual parts.
-func msGUID(d1 uint32, d2, d3 uint16, d4 [8]byte) [16]byte {
+// vhdxMSGUID builds a GUID in Microsoft's on-disk layout from its textual parts.
+func vhdxMSGUID(d1 uint32, d2, d3 uint16, d4 [8]byte) [16]byte {
 	var g [16]byte
 	binary.LittleEndian.PutUint32(g[0:], d1)
 	binary.LittleEndian.PutUint16(g[4:], d2)
@@ -121,21 +121,21 @@ func msGUID(d1 uint32, d2, d3 uint16, d4 [8]byte) [16]byte {
 	return g
 }
 
-// formatMSGUID prints a GUID stored in Microsoft's layout the way Windows prints it.
-func formatMSGUID(g [16]byte) string {
+// vhdxFormatGUID prints a GUID stored in Microsoft's layout the way Windows prints it.
+func vhdxFormatGUID(g [16]byte) string {
 	return fmt.Sprintf("%08x-%04x-%04x-%x-%x", binary.LittleEndian.Uint32(g[0:]), binary.LittleEndian.Uint16(g[4:]),
 		binary.LittleEndian.Uint16(g[6:]), g[8:10], g[10:16])
 }
 
 var (
-	vhdxBATGUID        = msGUID(0x2dc27766, 0xf623, 0x4200, [8]byte{0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd, 0x4a, 0x08})
-	vhdxMetadataGUID   = msGUID(0x8b7ca206, 0x4790, 0x4b9a, [8]byte{0xb8, 0xfe, 0x57, 0x5f, 0x05, 0x0f, 0x88, 0x6e})
-	vhdxFileParamsGUID = msGUID(0xcaa16737, 0xfa36, 0x4d43, [8]byte{0xb3, 0xb6, 0x33, 0xf0, 0xaa, 0x44, 0xe7, 0x6b})
-	vhdxDiskSizeGUID   = msGUID(0x2fa54224, 0xcd1b, 0x4876, [8]byte{0xb2, 0x11, 0x5d, 0xbe, 0xd8, 0x3b, 0xf4, 0xb8})
-	vhdxPage83GUID     = msGUID(0xbeca12ab, 0xb2e6, 0x4523, [8]byte{0x93, 0xef, 0xc3, 0x09, 0xe0, 0x00, 0xc7, 0x46})
-	vhdxLogicalGUID    = msGUID(0x8141bf1d, 0xa96f, 0x4709, [8]byte{0xba, 0x47, 0xf2, 0x33, 0xa8, 0xfa, 0xab, 0x5f})
-	vhdxPhysicalGUID   = msGUID(0xcda348c7, 0x445d, 0x4471, [8]byte{0x9c, 0xc9, 0xe9, 0x88, 0x52, 0x51, 0xc5, 0x56})
-	vhdxParentLocGUID  = msGUID(0xa8d35f2d, 0xb30b, 0x454d, [8]byte{0xab, 0xf7, 0xd3, 0xd8, 0x48, 0x34, 0xab, 0x0c})
+	vhdxBATGUID        = vhdxMSGUID(0x2dc27766, 0xf623, 0x4200, [8]byte{0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd, 0x4a, 0x08})
+	vhdxMetadataGUID   = vhdxMSGUID(0x8b7ca206, 0x4790, 0x4b9a, [8]byte{0xb8, 0xfe, 0x57, 0x5f, 0x05, 0x0f, 0x88, 0x6e})
+	vhdxFileParamsGUID = vhdxMSGUID(0xcaa16737, 0xfa36, 0x4d43, [8]byte{0xb3, 0xb6, 0x33, 0xf0, 0xaa, 0x44, 0xe7, 0x6b})
+	vhdxDiskSizeGUID   = vhdxMSGUID(0x2fa54224, 0xcd1b, 0x4876, [8]byte{0xb2, 0x11, 0x5d, 0xbe, 0xd8, 0x3b, 0xf4, 0xb8})
+	vhdxPage83GUID     = vhdxMSGUID(0xbeca12ab, 0xb2e6, 0x4523, [8]byte{0x93, 0xef, 0xc3, 0x09, 0xe0, 0x00, 0xc7, 0x46})
+	vhdxLogicalGUID    = vhdxMSGUID(0x8141bf1d, 0xa96f, 0x4709, [8]byte{0xba, 0x47, 0xf2, 0x33, 0xa8, 0xfa, 0xab, 0x5f})
+	vhdxPhysicalGUID   = vhdxMSGUID(0xcda348c7, 0x445d, 0x4471, [8]byte{0x9c, 0xc9, 0xe9, 0x88, 0x52, 0x51, 0xc5, 0x56})
+	vhdxParentLocGUID  = vhdxMSGUID(0xa8d35f2d, 0xb30b, 0x454d, [8]byte{0xab, 0xf7, 0xd3, 0xd8, 0x48, 0x34, 0xab, 0x0c})
 )
 
 var vhdxCastagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -279,7 +279,7 @@ func openVHDX(o *opener) (core, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.creator = strings.ToValidUTF8(decodeUTF16(id, false), "\uFFFD")
+	c.creator = strings.ToValidUTF8(vhdDecodeUTF16(id, false), "\uFFFD")
 	if err := c.openHeaders(o); err != nil {
 		return nil, err
 	}
@@ -428,27 +428,27 @@ func (c *vhdxCore) openRegions(o *opener) error {
 		}
 		if s, ok := vhdxOverlaps(c.spans, r.offset, uint64(r.length)); ok {
 			return o.ferr(VHDX, "region table", "file_offset", off+eo+16, r.offset,
-				"region %s (%d bytes) overlaps the %s", formatMSGUID(r.guid), r.length, s.what)
+				"region %s (%d bytes) overlaps the %s", vhdxFormatGUID(r.guid), r.length, s.what)
 		}
 		switch r.guid {
 		case vhdxBATGUID:
 			if batFound {
-				return o.ferr(VHDX, "region table", "guid", off+eo, formatMSGUID(r.guid), "names the BAT region twice")
+				return o.ferr(VHDX, "region table", "guid", off+eo, vhdxFormatGUID(r.guid), "names the BAT region twice")
 			}
 			batFound = true
 			c.batOffset, c.batLength = int64(r.offset), int64(r.length)
 			c.spans = append(c.spans, vhdxSpan{r.offset, r.offset + uint64(r.length), "BAT region"})
 		case vhdxMetadataGUID:
 			if metaFound {
-				return o.ferr(VHDX, "region table", "guid", off+eo, formatMSGUID(r.guid), "names the metadata region twice")
+				return o.ferr(VHDX, "region table", "guid", off+eo, vhdxFormatGUID(r.guid), "names the metadata region twice")
 			}
 			metaFound = true
 			c.metaOffset, c.metaLength = int64(r.offset), int64(r.length)
 			c.spans = append(c.spans, vhdxSpan{r.offset, r.offset + uint64(r.length), "metadata region"})
 		default:
-			c.spans = append(c.spans, vhdxSpan{r.offset, r.offset + uint64(r.length), "region " + formatMSGUID(r.guid)})
+			c.spans = append(c.spans, vhdxSpan{r.offset, r.offset + uint64(r.length), "region " + vhdxFormatGUID(r.guid)})
 			if r.required {
-				return vhdxUnsupported(o.ferr(VHDX, "region table", "guid", off+eo, formatMSGUID(r.guid),
+				return vhdxUnsupported(o.ferr(VHDX, "region table", "guid", off+eo, vhdxFormatGUID(r.guid),
 					"is a region marked required that glimpse does not know (qemu refuses it too)"))
 			}
 		}
@@ -502,13 +502,13 @@ func (c *vhdxCore) openMetadata(o *opener) error {
 		name, ok := known[g]
 		if !ok {
 			if it.flags&4 != 0 { // IsRequired
-				return vhdxUnsupported(o.ferr(VHDX, "metadata table", "item_id", mo+eo, formatMSGUID(g),
+				return vhdxUnsupported(o.ferr(VHDX, "metadata table", "item_id", mo+eo, vhdxFormatGUID(g),
 					"is a metadata item marked required that glimpse does not know (qemu refuses it too)"))
 			}
 			continue
 		}
 		if _, dup := items[g]; dup {
-			return o.ferr(VHDX, "metadata table", "item_id", mo+eo, formatMSGUID(g), "names the %s item twice", name)
+			return o.ferr(VHDX, "metadata table", "item_id", mo+eo, vhdxFormatGUID(g), "names the %s item twice", name)
 		}
 		// The spec: items lie in the region, after the 64 KiB table, at most 1 MiB long.
 		if it.length > 0 && (it.offset < vhdxMetaTableSize || it.length > vhdxMaxItem ||
@@ -623,7 +623,7 @@ func (c *vhdxCore) openParentLocator(o *opener, mo int64, it vhdxItem, b []byte)
 		if int64(off) < 20+12*n || end > int64(len(b)) || l%2 != 0 {
 			return "", false
 		}
-		return decodeUTF16(b[off:end], false), true
+		return vhdDecodeUTF16(b[off:end], false), true
 	}
 	for i := range n {
 		e := b[20+12*i:]
@@ -689,13 +689,13 @@ func (c *vhdxCore) describe(info *Info) {
 		LeaveBlocksAllocated: c.leaveAlloc,
 		HasParent:            c.hasParent,
 		ChunkRatio:           c.chunkRatio,
-		DiskID:               formatMSGUID(c.page83),
+		DiskID:               vhdxFormatGUID(c.page83),
 		ParentLocator:        c.locEntries,
 		CurrentHeader:        c.cur + 1,
 		HeaderSequences:      [2]uint64{c.headers[0].seq, c.headers[1].seq},
-		FileWriteGUID:        formatMSGUID(h.fileWrite),
-		DataWriteGUID:        formatMSGUID(h.dataWrite),
-		LogGUID:              formatMSGUID(h.logGUID),
+		FileWriteGUID:        vhdxFormatGUID(h.fileWrite),
+		DataWriteGUID:        vhdxFormatGUID(h.dataWrite),
+		LogGUID:              vhdxFormatGUID(h.logGUID),
 		LogOffset:            c.logOffset,
 		LogLength:            c.logLength,
 		LogPresent:           c.logPresent,
@@ -706,7 +706,7 @@ func (c *vhdxCore) describe(info *Info) {
 		MetadataLength:       c.metaLength,
 	}
 	if c.hasParent {
-		vi.ParentLocatorType = formatMSGUID(c.locType)
+		vi.ParentLocatorType = vhdxFormatGUID(c.locType)
 	}
 	info.FormatSpecific = &FormatSpecific{Type: VHDX, Data: vi}
 }

@@ -81,7 +81,7 @@ func TestVHDXFixtures(t *testing.T) {
 			if !slices.Equal(codes, fx.findings) {
 				t.Errorf("findings %v, want %v (%v)", codes, fx.findings, img.Safety())
 			}
-			validateReadable(t, img, fx.readable)
+			vhdValidateReadable(t, img, fx.readable)
 			if fx.qemuFormat == "-" {
 				return
 			}
@@ -316,7 +316,7 @@ func vhdxDynamicBytes(t testing.TB, dir string) []byte {
 	t.Helper()
 	p := qemutest.Create(t, dir, "base.vhdx", "vhdx", "10M")
 	qemutest.IO(t, p, "vhdx", "write -P 0x5a 0 64k")
-	return readFileT(t, p)
+	return vhdReadFile(t, p)
 }
 
 // TestVHDXHostile: crafted damage gives FormatErrors naming the field, findings, or check
@@ -412,12 +412,12 @@ func TestVHDXHostile(t *testing.T) {
 			{"bat-too-small", "region table", "length", func(b []byte) []byte { le64(item(b, 1), 64<<40); return b }, false},
 		} {
 			t.Run(v.name, func(t *testing.T) {
-				p := writeFileT(t, filepath.Join(dir, v.name+".vhdx"), v.mutate(slices.Clone(base)))
+				p := vhdWriteFile(t, filepath.Join(dir, v.name+".vhdx"), v.mutate(slices.Clone(base)))
 				_, err := OpenFile(p, OpenOptions{})
 				if v.unsupported && !errors.Is(err, ErrUnsupported) {
 					t.Errorf("%v: want ErrUnsupported as well", err)
 				}
-				wantFormatError(t, p, v.structure, v.field)
+				vhdWantFormatError(t, p, v.structure, v.field)
 			})
 		}
 	})
@@ -440,19 +440,19 @@ func TestVHDXHostile(t *testing.T) {
 				le32(e[16:], 128<<10)
 				le32(e[20:], 200)
 				loc := b[meta+128<<10:]
-				copy(loc, msGUIDBytes("b04aefb7-d19e-4a81-b789-25b8e9445913"))
+				copy(loc, vhdxGUIDBytes("b04aefb7-d19e-4a81-b789-25b8e9445913"))
 				le16(loc[18:], 1)
 				le32(loc[20:], 32)
 				le32(loc[24:], 32+26)
 				le16(loc[28:], 26)
 				le16(loc[30:], 18)
-				copy(loc[32:], utf16leT("relative_path"))
-				copy(loc[32+26:], utf16leT("parent.vh"))
+				copy(loc[32:], vhdUTF16LE("relative_path"))
+				copy(loc[32+26:], vhdUTF16LE("parent.vh"))
 				return b
 			}},
 		} {
 			t.Run(v.name, func(t *testing.T) {
-				p := writeFileT(t, filepath.Join(dir, v.name+".vhdx"), v.mutate(slices.Clone(base)))
+				p := vhdWriteFile(t, filepath.Join(dir, v.name+".vhdx"), v.mutate(slices.Clone(base)))
 				img := openT(t, p, OpenOptions{})
 				var codes []string
 				for _, f := range img.Safety() {
@@ -494,7 +494,7 @@ func TestVHDXHostile(t *testing.T) {
 			{"region-table-2", "second region table", func(b []byte) []byte { b[rt2+200]++; return b }, false},
 		} {
 			t.Run(v.name, func(t *testing.T) {
-				p := writeFileT(t, filepath.Join(dir, "check-"+v.name+".vhdx"), v.mutate(slices.Clone(base)))
+				p := vhdWriteFile(t, filepath.Join(dir, "check-"+v.name+".vhdx"), v.mutate(slices.Clone(base)))
 				img := openT(t, p, OpenOptions{})
 				rep := img.Check()
 				found := false
@@ -516,18 +516,18 @@ func TestVHDXHostile(t *testing.T) {
 	})
 }
 
-// msGUIDBytes parses a GUID into Microsoft's on-disk layout.
-func msGUIDBytes(s string) []byte {
+// vhdxGUIDBytes parses a GUID into Microsoft's on-disk layout.
+func vhdxGUIDBytes(s string) []byte {
 	var d1 uint32
 	var d2, d3 uint16
 	var d4 [8]byte
 	fmt.Sscanf(s, "%08x-%04x-%04x-%02x%02x-%02x%02x%02x%02x%02x%02x", &d1, &d2, &d3,
 		&d4[0], &d4[1], &d4[2], &d4[3], &d4[4], &d4[5], &d4[6], &d4[7])
-	g := msGUID(d1, d2, d3, d4)
+	g := vhdxMSGUID(d1, d2, d3, d4)
 	return g[:]
 }
 
-func utf16leT(s string) []byte {
+func vhdUTF16LE(s string) []byte {
 	var o []byte
 	for _, r := range s {
 		o = append(o, byte(r), byte(r>>8))
@@ -539,7 +539,7 @@ func utf16leT(s string) []byte {
 func TestVHDXStream(t *testing.T) {
 	dir := t.TempDir()
 	for _, fx := range vhdxFixtures(t, dir) {
-		data := readFileT(t, fx.path)
+		data := vhdReadFile(t, fx.path)
 		if len(data) > 40<<20 {
 			continue
 		}
@@ -656,7 +656,7 @@ func vhdxCompact(data bool) []byte {
 	le32 := binary.LittleEndian.PutUint32
 	le64 := binary.LittleEndian.PutUint64
 	copy(b, "vhdxfile")
-	copy(b[8:], utf16leT("glimpse test"))
+	copy(b[8:], vhdUTF16LE("glimpse test"))
 	for i, off := range vhdxHeaderOffsets {
 		h := b[off : off+vhdxHeaderSize]
 		copy(h, "head")
@@ -728,7 +728,7 @@ func vhdxCompact(data bool) []byte {
 func vhdxWithLog(b []byte, first, extra int) []byte {
 	b = slices.Clone(b)
 	const logOff, logLen = 1 << 20, 1 << 20
-	guid := msGUIDBytes("0badf00d-1234-5678-9abc-def012345678")
+	guid := vhdxGUIDBytes("0badf00d-1234-5678-9abc-def012345678")
 	le32 := binary.LittleEndian.PutUint32
 	le64 := binary.LittleEndian.PutUint64
 	for _, off := range vhdxHeaderOffsets {
