@@ -1,22 +1,18 @@
 package main
 
 import (
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"glimpse/inspect"
 	"glimpse/internal/qemutest"
 )
-
-// qemuCompareOut runs qemu-img compare and returns its exit code and standard output.
-func qemuCompareOut(t *testing.T, args ...string) (int, string) {
-	t.Helper()
-	code, out, _ := runTool(t, "qemu-img", append([]string{"compare", "-U"}, args...)...)
-	return code, out
-}
 
 // TestCompareCLIWithQemu runs glimpse compare and qemu-img compare on the same pairs, in
 // several formats, and wants the same exit code and the same output.
@@ -56,6 +52,7 @@ func TestCompareCLIWithQemu(t *testing.T) {
 		}
 		return p
 	}
+	var cases []cliCase
 	names := make([]string, 0, len(variants))
 	for name := range variants {
 		names = append(names, name)
@@ -75,21 +72,55 @@ func TestCompareCLIWithQemu(t *testing.T) {
 					args = append(args, "-s")
 				}
 				args = append(args, a, bp)
-				t.Run(name+"-"+fa+"-"+fb+map[bool]string{true: "-s"}[strict], func(t *testing.T) {
-					t.Parallel() // qemu-img runs are mostly waiting
-					wantCode, wantOut := qemuCompareOut(t, args...)
-					if strings.Contains(wantOut, "block status mismatch") {
-						t.Log("qemu-img -s compares allocation too; glimpse's -s is about sizes: not compared")
-						return
-					}
-					code, out, stderr := runCLI(t, append([]string{"compare"}, args...)...)
-					if code != wantCode || out != wantOut {
-						t.Errorf("compare %v: exit %d, %q (stderr %q); qemu-img exits %d, %q", args, code, out, stderr, wantCode, wantOut)
-					}
-				})
+				cases = append(cases, cliCase{name: name + "-" + fa + "-" + fb + map[bool]string{true: "-s"}[strict], args: args})
 			}
 		}
 	}
+	// qemu-img first, several at a time (each run is mostly waiting); then glimpse, one at a
+	// time: urfave/cli keeps state in package-level flags, so run() is not safe to call
+	// from parallel tests.
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i := range cases {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			c := &cases[i]
+			cmd := exec.Command("qemu-img", append([]string{"compare", "-U"}, c.args...)...)
+			out, err := cmd.Output()
+			c.wantOut = string(out)
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				c.wantCode = ee.ExitCode()
+			} else if err != nil {
+				c.wantCode = -1
+				c.wantOut = err.Error()
+			}
+		}()
+	}
+	wg.Wait()
+	compared := 0
+	for _, c := range cases {
+		if strings.Contains(c.wantOut, "block status mismatch") {
+			continue // qemu-img -s also compares allocation; glimpse's -s is about sizes
+		}
+		compared++
+		code, out, stderr := runCLI(t, append([]string{"compare"}, c.args...)...)
+		if code != c.wantCode || out != c.wantOut {
+			t.Errorf("%s: compare %v: exit %d, %q (stderr %q); qemu-img exits %d, %q", c.name, c.args, code, out, stderr, c.wantCode, c.wantOut)
+		}
+	}
+	if compared < len(cases)/2 {
+		t.Errorf("only %d of %d cases compared", compared, len(cases))
+	}
+}
+
+type cliCase struct {
+	name, wantOut string
+	args          []string
+	wantCode      int
 }
 
 func TestCompareCLIErrors(t *testing.T) {

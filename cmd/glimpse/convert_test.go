@@ -98,7 +98,6 @@ func TestConvertCLI(t *testing.T) {
 	dir := t.TempDir()
 	for _, s := range cliSources(t, dir) {
 		t.Run(s.name, func(t *testing.T) {
-			t.Parallel()
 			want, wantSize := qemutest.ConvertSHA256(t, s.path, s.qemuFormat)
 			out := filepath.Join(t.TempDir(), "out.raw")
 			for _, flags := range [][]string{nil, {"-O", "raw", "-m", "1"}, {"-S", "64k", "-p"}, {"-S", "0", "-t", "writeback"}} {
