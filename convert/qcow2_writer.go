@@ -55,6 +55,9 @@ import (
 // and a 1 MiB write buffer, whatever the amount of data. Nothing is time- or
 // random-dependent, so no option is needed to make the output reproducible.
 //
+// Zero clusters are never allocated, also inside a data run with -S 0 and -c (qemu would
+// compress them); without -c, -S 0 allocates every cluster as qemu does.
+//
 // Every cluster of the file is referenced and counted exactly once (compressed clusters:
 // once per compressed cluster that touches them), so qemu-img check reports neither
 // errors nor leaks.
@@ -626,12 +629,23 @@ func (w *qcow2Writer) Commit() error {
 	}
 	var l1Off int64
 	if len(w.l1) > 0 {
-		b := make([]byte, 8*len(w.l1))
-		for i, e := range w.l1 {
-			binary.BigEndian.PutUint64(b[8*i:], e)
-		}
+		// The L1 table (up to 32 MiB) goes out in pieces, not as one more copy of it.
+		n := alignUp(int64(8*len(w.l1)), w.cs) / w.cs
 		var err error
-		if l1Off, err = w.sp.clusters(b); err != nil {
+		if l1Off, err = w.sp.reserveN(n); err != nil {
+			return err
+		}
+		b := make([]byte, 0, 64<<10)
+		for i, e := range w.l1 {
+			b = binary.BigEndian.AppendUint64(b, e)
+			if len(b) == cap(b) || i == len(w.l1)-1 {
+				if err := w.sp.write(l1Off+int64(8*i+8-len(b)), b); err != nil {
+					return err
+				}
+				b = b[:0]
+			}
+		}
+		if err := w.sp.settle(); err != nil {
 			return err
 		}
 	}

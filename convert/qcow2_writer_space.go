@@ -104,10 +104,13 @@ func (s *q2Space) place(p []byte) (int64, error) {
 
 // reserve allocates a fresh cluster whose data the caller writes later, piece by piece
 // and in order, before anything else is appended (it does not settle).
-func (s *q2Space) reserve() (int64, error) {
+func (s *q2Space) reserve() (int64, error) { return s.reserveN(1) }
+
+// reserveN is reserve for n contiguous clusters.
+func (s *q2Space) reserveN(n int64) (int64, error) {
 	off := alignUp(s.end, s.cs)
-	s.end = off + s.cs
-	return off, s.ref(off, s.cs)
+	s.end = off + n*s.cs
+	return off, s.ref(off, n*s.cs)
 }
 
 // compressed appends the compressed data of one cluster right after the previous

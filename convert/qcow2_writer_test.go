@@ -288,17 +288,20 @@ func TestQCOW2WriterEmpty(t *testing.T) {
 		img      *fakeImage
 		want     int64 // virtual size
 		maxBytes int64
+		kv       string
 	}{
-		{"1TiB", newFake(inspect.KindHole, 1<<40), 1 << 40, 512 << 10},
-		{"1TiB-c", newFake(inspect.KindHole, 1<<40), 1 << 40, 512 << 10},
-		{"zero-length", &fakeImage{}, 0, 256 << 10},
-		{"1000-bytes", newFake(inspect.KindData, 1000), 1024, 512 << 10},
-		{"tail-data", newFake(inspect.KindHole, 3<<30, inspect.KindData, 1000), 3<<30 + 1024, 512 << 10},
+		{"1TiB", newFake(inspect.KindHole, 1<<40), 1 << 40, 512 << 10, ""},
+		{"1TiB-c", newFake(inspect.KindHole, 1<<40), 1 << 40, 512 << 10, ""},
+		{"zero-length", &fakeImage{}, 0, 256 << 10, ""},
+		{"1000-bytes", newFake(inspect.KindData, 1000), 1024, 512 << 10, ""},
+		{"tail-data", newFake(inspect.KindHole, 3<<30, inspect.KindData, 1000), 3<<30 + 1024, 512 << 10, ""},
+		// An L1 table of 256 KiB (written in pieces) with data at both ends.
+		{"512-byte-clusters", newFake(inspect.KindData, 3000, inspect.KindHole, 1<<30, inspect.KindData, 3000), 1<<30 + 6144, 1 << 20, "cluster_size=512"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			out := filepath.Join(dir, c.name+".qcow2")
 			start := time.Now()
-			convertQCOW2(t, c.img, out, "", strings.HasSuffix(c.name, "-c"), Options{})
+			convertQCOW2(t, c.img, out, c.kv, strings.HasSuffix(c.name, "-c"), Options{})
 			if d := time.Since(start); d > 5*time.Second {
 				t.Errorf("took %v", d)
 			}
@@ -321,14 +324,16 @@ func TestQCOW2WriterEmpty(t *testing.T) {
 			if r := g.Check(); !r.Clean() || len(g.Safety()) != 0 {
 				t.Fatalf("glimpse check %+v, safety %v", r, g.Safety())
 			}
-			if c.img.size < 1<<20 {
-				wantData := append(c.img.want(), make([]byte, c.want-c.img.size)...)
-				gotData := make([]byte, c.want)
-				if _, err := g.ReadAt(gotData, 0); err != nil && c.want > 0 {
+			// The guest data at both ends (the middle is a hole in every case).
+			for _, off := range []int64{0, max(0, c.want-64<<10)} {
+				n := min(64<<10, c.want-off)
+				wantData, gotData := make([]byte, n), make([]byte, n)
+				c.img.ReadAt(wantData, off) // zeros past the fake's end: the rounded-up sector
+				if _, err := g.ReadAt(gotData, off); err != nil && n > 0 {
 					t.Fatal(err)
 				}
 				if !bytes.Equal(gotData, wantData) {
-					t.Fatal("guest data differs")
+					t.Fatalf("guest data at %d differs", off)
 				}
 			}
 		})
