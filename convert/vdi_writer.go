@@ -36,9 +36,10 @@ import (
 //
 // and glimpse's own, for reproducible output:
 //
-//	uuid=UUID        the image's UUID (default: random). The modification UUID is then the
-//	                 name-based UUID (version 5) of "vdi modification" in that namespace,
-//	                 and random otherwise; the linkage and parent UUIDs are zero.
+//	uuid=UUID        the image's UUID (default: random; not the null UUID, which VirtualBox
+//	                 refuses). The modification UUID is then the name-based UUID (version
+//	                 5) of "vdi modification" in that namespace, and random otherwise; the
+//	                 linkage and parent UUIDs are zero.
 //
 // The block map is written a 64 KiB page at a time as the guest is passed, so the writer's
 // memory does not grow with the disk.

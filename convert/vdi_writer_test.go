@@ -158,6 +158,7 @@ func TestVDIWriterOptionErrors(t *testing.T) {
 		{"static", map[string]string{"static": "2"}, false, "on or off"},
 		{"size", map[string]string{"size": "1G"}, false, "source's"},
 		{"uuid", map[string]string{"uuid": "0123"}, false, "UUID"},
+		{"null uuid", map[string]string{"uuid": "00000000-0000-0000-0000-000000000000"}, false, "null UUID"},
 		{"-c", nil, true, "compressed"},
 	})
 	vxSizeLimit(t, inspect.VDI, int64(vdiwMaxBlocks)<<20+512, "more than a vdi holds")

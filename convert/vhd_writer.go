@@ -21,7 +21,7 @@ import (
 //
 // and glimpse's own, for reproducible output:
 //
-//	uuid=UUID        the footer's unique id (default: random)
+//	uuid=UUID        the footer's unique id (default: random; the null UUID is refused)
 //	timestamp=T      the footer's time stamp, as Unix seconds (SOURCE_DATE_EPOCH's spelling)
 //	                 or RFC 3339, from 2000-01-01 to 2136 (default: now)
 //

@@ -153,6 +153,11 @@ func vxUUIDOption(o FormatOptions, used map[string]bool, format, key string) (u 
 		if err != nil {
 			return u, true, fmt.Errorf("%s: -o %s=%s: %v", format, key, v, err)
 		}
+		if u == ([16]byte{}) {
+			// VirtualBox refuses an image whose UUID is null, and an identity shared by
+			// every such disk identifies nothing.
+			return u, true, fmt.Errorf("%s: -o %s=%s: the null UUID is not an identity; give another", format, key, v)
+		}
 		return u, true, nil
 	}
 	u, err = vxRandomUUID()

@@ -1063,7 +1063,7 @@ func vxFuzzOptions(f *testing.F, format inspect.Format, seeds []string) {
 
 func FuzzVHDWriterOptions(f *testing.F) {
 	vxFuzzOptions(f, inspect.VHD, []string{"", "subformat=fixed", "force_size=on", "subformat=fixed,force_size=yes",
-		"uuid=00000000000000000000000000000000,timestamp=946684800", "timestamp=2136-02-07T06:28:15Z", "force_size=off,subformat=dynamic"})
+		"uuid=00000000000000000000000000000001,timestamp=946684800", "timestamp=2136-02-07T06:28:15Z", "force_size=off,subformat=dynamic"})
 }
 
 // vxBenchSource writes a raw disk of n bytes: a third random, a third text, a third zeros,

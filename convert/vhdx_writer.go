@@ -64,10 +64,11 @@ import (
 //	                 as Hyper-V writes it). A disk with 4096-byte logical sectors is a 4Kn
 //	                 disk to the guest; Hyper-V and glimpse read it, qemu 7.2 refuses to
 //	                 open it ("Operation not supported": it reads only 512-byte sectors).
-//	uuid=UUID        the page 83 data, the disk's identity (default: random). The file
-//	                 write and data write GUIDs are then the name-based UUIDs (version 5)
-//	                 of "vhdx file write" and "vhdx data write" in that namespace, and
-//	                 random otherwise, so that uuid= makes the output reproducible.
+//	uuid=UUID        the page 83 data, the disk's identity (default: random; not the null
+//	                 UUID). The file write and data write GUIDs are then the name-based
+//	                 UUIDs (version 5) of "vhdx file write" and "vhdx data write" in that
+//	                 namespace, and random otherwise, so that uuid= makes the output
+//	                 reproducible.
 
 const (
 	vhdxwMiB           = 1 << 20

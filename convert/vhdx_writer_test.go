@@ -262,7 +262,7 @@ func TestVHDXWriterContract(t *testing.T) {
 
 func FuzzVHDXWriterOptions(f *testing.F) {
 	vxFuzzOptions(f, inspect.VHDX, []string{"block_size=1M", "block_size=1M,subformat=fixed", "block_size=1M,block_state_zero=off",
-		"block_size=1M,log_size=2M", "block_size=1M,logical_sector_size=4096", "block_size=1M,uuid=00000000-0000-0000-0000-000000000000"})
+		"block_size=1M,log_size=2M", "block_size=1M,logical_sector_size=4096", "block_size=1M,uuid=00000000-0000-0000-0000-000000000001"})
 }
 
 func BenchmarkWriteVHDX(b *testing.B) {
