@@ -66,3 +66,20 @@ func (p Policy) Evaluate(info Info) []Finding {
 	}
 	return out
 }
+
+// Judge returns every reason to refuse an image with verdict v under the policy: the
+// verdict's findings and the policy's own (format not allowed, too large). An image that
+// could not be parsed keeps the finding its verdict carries. Uploads use it: the store and
+// the proxy refuse an upload when Judge returns anything.
+func (p Policy) Judge(v Verdict) []Finding {
+	if v.Info != nil {
+		info := *v.Info
+		info.Safety = v.Findings
+		return p.Evaluate(info)
+	}
+	out := append([]Finding(nil), v.Findings...)
+	if len(p.AllowFormats) > 0 && v.Format != "" && !slices.Contains(p.AllowFormats, v.Format) {
+		out = append(out, Finding{FindNotAllowed, fmt.Sprintf("format %s is not in the allowed list (%s)", v.Format, joinFormats(p.AllowFormats))})
+	}
+	return out
+}

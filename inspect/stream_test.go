@@ -163,3 +163,21 @@ func streamFile(t *testing.T, path string, opt OpenOptions) Verdict {
 	}
 	return checkStreamAgrees(t, path, data, opt)
 }
+
+func TestPolicyJudge(t *testing.T) {
+	data := make([]byte, 1<<20)
+	v := checkStreamAgrees(t, "x.raw", data, OpenOptions{Format: Raw})
+	if got := (Policy{}).Judge(v); len(got) != 0 {
+		t.Fatalf("clean raw judged %v", got)
+	}
+	if got := (Policy{AllowFormats: []Format{QCOW2}}).Judge(v); len(got) != 1 || got[0].Code != FindNotAllowed {
+		t.Fatalf("raw outside qcow2-only policy: %v", got)
+	}
+	if got := (Policy{MaxVirtualSize: 4096}).Judge(v); len(got) != 1 || got[0].Code != FindVirtualSize {
+		t.Fatalf("1 MiB over a 4 KiB limit: %v", got)
+	}
+	bad := Verdict{Format: QCOW2, Err: ErrInvalid, Findings: []Finding{{FindMalformed, "x"}}}
+	if got := (Policy{}).Judge(bad); len(got) != 1 || got[0].Code != FindMalformed {
+		t.Fatalf("malformed: %v", got)
+	}
+}
