@@ -171,7 +171,7 @@ func (d *disk) ReadAt(p []byte, off int64) (int, error) {
 // maxExtentMerge bounds the lookups one Extent call merges. Formats return runs as long as
 // their tables allow, but a hostile file can make every run short (a huge disk whose tables
 // are all unreadable); the caller then simply asks again from where the extent ended.
-const maxExtentMerge = 4096
+const maxExtentMerge = 1 << 16
 
 // Extent returns the run of one kind that begins at off, at most n bytes long (n <= 0 means
 // to the end of the disk). Consecutive runs merge when they have the same kind and depth,
