@@ -627,7 +627,9 @@ func TestDeleteAndCloseDuringAFill(t *testing.T) {
 		t.Fatal("a deleted fill ended cleanly")
 	}
 	close(hold)
-	waitFor(t, "the discard", func() bool { return counter(t, reg, "glimpse_cache_fills_discarded_total", "reason", ReasonDeleted) == 1 })
+	waitFor(t, "the discard", func() bool {
+		return counter(t, reg, "glimpse_cache_fills_discarded_total", "reason", ReasonDeleted) == 1
+	})
 	if c.Contains("img") {
 		t.Fatal("a deleted fill was committed")
 	}
