@@ -1,0 +1,417 @@
+package store
+
+import (
+	"context"
+	"crypto/md5"
+	"crypto/sha512"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+
+	"glimpse/api"
+	"glimpse/inspect"
+)
+
+// uploadChunk is the unit an upload is read, hashed and written in.
+const uploadChunk = 1 << 20
+
+// inspectFormat is the format an upload is inspected as: the declared disk_format, or OVA
+// for an ova container. Formats inspect does not know (ami, aki, ari are raw kernels and
+// disks; ploop) are inspected as raw or by probing.
+func inspectFormat(diskFormat, containerFormat string) inspect.Format {
+	if containerFormat == "ova" {
+		return inspect.OVA
+	}
+	switch diskFormat {
+	case "ami", "aki", "ari":
+		return inspect.Raw
+	}
+	if f, err := inspect.ParseFormat(diskFormat); err == nil {
+		return f
+	}
+	return "" // probe
+}
+
+func (s *Store) upload(w http.ResponseWriter, r *http.Request, c Caller) error {
+	ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";")
+	if ct = strings.TrimSpace(ct); ct != "application/octet-stream" {
+		if ct == "" {
+			ct = "None"
+		}
+		return api.UnsupportedMediaType(ct)
+	}
+	ctx := r.Context()
+	id := r.PathValue("id")
+	var rec *record
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		var err error
+		rec, err = s.lookup(ctx, tx, c, id)
+		if errors.Is(err, errNoImage) {
+			return notFound(id)
+		}
+		if err != nil {
+			return err
+		}
+		if !isOwner(c, rec) {
+			return api.Errorf(http.StatusForbidden, "Not allowed to upload image data for image %s", id)
+		}
+		if rec.Status != api.StatusQueued {
+			return api.Errorf(http.StatusConflict, "Image status transition from %s to saving is not allowed", rec.Status)
+		}
+		switch {
+		case !rec.DiskFormat.Valid && !rec.ContainerFormat.Valid:
+			return api.Errorf(http.StatusBadRequest, "Properties disk_format, container_format must be set prior to saving data.")
+		case !rec.DiskFormat.Valid:
+			return api.Errorf(http.StatusBadRequest, "Property disk_format must be set prior to saving data.")
+		case !rec.ContainerFormat.Valid:
+			return api.Errorf(http.StatusBadRequest, "Property container_format must be set prior to saving data.")
+		}
+		_, err = tx.ExecContext(ctx, "UPDATE images SET status = ?, updated_at = ? WHERE id = ?", api.StatusSaving, now(), id)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	res, err := s.receive(ctx, rec, r.Body)
+	if err != nil {
+		// Not kept: the image is queued again and the data is gone.
+		s.requeue(id)
+		var ae *api.APIError
+		if errors.As(err, &ae) {
+			if ae.Status == http.StatusBadRequest {
+				s.m.uploads.WithLabelValues(uploadRefused).Inc()
+			} else {
+				s.m.uploads.WithLabelValues(uploadFailed).Inc()
+			}
+			s.log.Warn("upload refused", "image", id, "user", c.User, "status", ae.Status, "reason", ae.Message)
+			w.Header().Set("Connection", "close")
+		} else {
+			s.m.uploads.WithLabelValues(uploadFailed).Inc()
+		}
+		return err
+	}
+	// The data is durable under its final name: commit the image as active.
+	var n int64
+	err = s.inTx(context.WithoutCancel(ctx), func(tx *sql.Tx) error {
+		r, err := tx.ExecContext(ctx, `UPDATE images SET status = ?, checksum = ?, os_hash_algo = ?, os_hash_value = ?,
+			size = ?, virtual_size = ?, updated_at = ? WHERE id = ? AND status = ?`,
+			api.StatusActive, res.md5, "sha512", res.sha512, res.size, res.virtualSize, now(), id, api.StatusSaving)
+		if err != nil {
+			return err
+		}
+		n, err = r.RowsAffected()
+		return err
+	})
+	if err != nil || n == 0 {
+		os.Remove(s.dataPath(id))
+		syncDir(s.imgDir)
+		s.m.uploads.WithLabelValues(uploadFailed).Inc()
+		if err != nil {
+			return err
+		}
+		return api.Errorf(http.StatusGone, "Image %s could not be found after upload. The image may have been deleted during the upload.", id)
+	}
+	s.m.uploads.WithLabelValues(uploadActive).Inc()
+	s.log.Info("image uploaded", "image", id, "user", c.User, "size", res.size, "virtual_size", res.virtualSize,
+		"format", res.format, "checksum", res.md5)
+	w.Header().Set("Content-Type", "text/html; charset=UTF-8")
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// requeue returns an image whose upload failed to queued (if nothing else changed it).
+func (s *Store) requeue(id string) {
+	_, err := s.w.Exec("UPDATE images SET status = ?, updated_at = ? WHERE id = ? AND status = ?",
+		api.StatusQueued, now(), id, api.StatusSaving)
+	if err != nil {
+		s.log.Error("requeueing an image after a failed upload", "image", id, "err", err)
+	}
+}
+
+type received struct {
+	size, virtualSize int64
+	md5, sha512       string
+	format            inspect.Format
+}
+
+// receive streams an upload into a temporary file, hashing it (MD5 and SHA-512 each on a
+// goroutine of its own, overlapping with the next read) and inspecting it; on success the
+// file is fsynced and renamed to the image's data path. On any failure nothing is left.
+func (s *Store) receive(ctx context.Context, rec *record, body io.Reader) (*received, error) {
+	declared := inspectFormat(rec.DiskFormat.String, rec.ContainerFormat.String)
+	maxVirtual := s.policy.MaxVirtualSize
+	stream := inspect.NewStream(inspect.OpenOptions{Name: rec.ID, Format: declared, MaxVirtualSize: maxVirtual})
+	f, err := os.CreateTemp(s.tmpDir, rec.ID+".*")
+	if err != nil {
+		return nil, err
+	}
+	tmp := f.Name()
+	committed := false
+	defer func() {
+		if !committed {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+
+	hashers := []*hashWorker{newHashWorker(md5.New()), newHashWorker(sha512.New())}
+	defer func() {
+		for _, h := range hashers {
+			h.stop()
+		}
+	}()
+	bufs := [2][]byte{make([]byte, uploadChunk), make([]byte, uploadChunk)}
+	cur := 0
+	var size int64
+	for {
+		n, rerr := io.ReadFull(body, bufs[cur])
+		if n > 0 {
+			for _, h := range hashers {
+				h.wait() // the hashers are done with the other buffer
+			}
+			chunk := bufs[cur][:n]
+			for _, h := range hashers {
+				h.feed(chunk)
+			}
+			size += int64(n)
+			s.m.uploadBytes.Add(float64(n))
+			if s.maxSize > 0 && size > s.maxSize {
+				stream.Abort()
+				return nil, api.Errorf(http.StatusRequestEntityTooLarge, "The incoming image is too large: more than the limit of %d bytes.", s.maxSize)
+			}
+			if _, err := f.Write(chunk); err != nil {
+				stream.Abort()
+				return nil, fmt.Errorf("writing %s: %w", tmp, err)
+			}
+			if _, err := stream.Write(chunk); err != nil {
+				// Decided before the end: stop reading.
+				return nil, refusal(s.policy, stream.Abort())
+			}
+			// The next read goes into the other buffer while the hashers work on this one.
+			cur = 1 - cur
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			stream.Abort()
+			return nil, fmt.Errorf("reading the upload of %s: %w", rec.ID, rerr)
+		}
+	}
+	for _, h := range hashers {
+		h.wait()
+	}
+	verdict := stream.Close()
+	if e := refusal(s.policy, verdict); e != nil {
+		return nil, e
+	}
+	if err := f.Sync(); err != nil {
+		return nil, err
+	}
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(tmp, s.dataPath(rec.ID)); err != nil {
+		return nil, err
+	}
+	committed = true
+	if err := syncDir(s.imgDir); err != nil {
+		os.Remove(s.dataPath(rec.ID))
+		return nil, err
+	}
+	vsize := verdict.VirtualSize
+	if vsize == 0 && (verdict.Format == inspect.Raw || verdict.Format == inspect.ISO) {
+		vsize = size
+	}
+	return &received{
+		size: size, virtualSize: vsize, format: verdict.Format,
+		md5: hex.EncodeToString(hashers[0].sum()), sha512: hex.EncodeToString(hashers[1].sum()),
+	}, nil
+}
+
+// refusal is the 400 for a verdict the policy refuses (nil when it is accepted).
+func refusal(p inspect.Policy, v inspect.Verdict) *api.APIError {
+	findings := p.Judge(v)
+	if len(findings) == 0 {
+		return nil
+	}
+	parts := make([]string, len(findings))
+	for i, f := range findings {
+		parts[i] = f.String()
+	}
+	return api.Errorf(http.StatusBadRequest, "Image data refused by inspection: %s", strings.Join(parts, "; "))
+}
+
+// hashWorker hashes chunks on a goroutine of its own.
+type hashWorker struct {
+	h    hash.Hash
+	in   chan []byte
+	done chan struct{}
+	busy bool
+	once sync.Once
+}
+
+func newHashWorker(h hash.Hash) *hashWorker {
+	w := &hashWorker{h: h, in: make(chan []byte), done: make(chan struct{})}
+	go func() {
+		for b := range w.in {
+			w.h.Write(b)
+			w.done <- struct{}{}
+		}
+	}()
+	return w
+}
+
+func (w *hashWorker) feed(b []byte) { w.in <- b; w.busy = true }
+
+func (w *hashWorker) wait() {
+	if w.busy {
+		<-w.done
+		w.busy = false
+	}
+}
+
+func (w *hashWorker) sum() []byte { return w.h.Sum(nil) }
+
+func (w *hashWorker) stop() {
+	w.once.Do(func() {
+		w.wait()
+		close(w.in)
+	})
+}
+
+func (s *Store) download(w http.ResponseWriter, r *http.Request, c Caller) error {
+	id := r.PathValue("id")
+	rec, err := s.lookup(r.Context(), s.r, c, id)
+	if errors.Is(err, errNoImage) {
+		return notFound(id)
+	}
+	if err != nil {
+		return err
+	}
+	if rec.Status == api.StatusDeactivated && !c.Admin {
+		return api.Errorf(http.StatusForbidden, "The requested image has been deactivated. Image data download is forbidden.")
+	}
+	if (rec.Status != api.StatusActive && rec.Status != api.StatusDeactivated) || !rec.Size.Valid {
+		w.Header().Set("Content-Length", "0")
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+	f, err := os.Open(s.dataPath(id))
+	if err != nil {
+		return fmt.Errorf("image %s is %s but its data cannot be read: %w", id, rec.Status, err)
+	}
+	defer f.Close()
+	size := rec.Size.Int64
+	start, length, partial, aerr := parseRange(r.Header.Get("Range"), size)
+	if aerr != nil {
+		return aerr
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	if rec.Checksum.Valid {
+		h.Set("Content-MD5", rec.Checksum.String)
+	}
+	h.Set("Content-Length", strconv.FormatInt(length, 10))
+	status := http.StatusOK
+	if partial {
+		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, start+length-1, size))
+		status = http.StatusPartialContent
+	}
+	w.WriteHeader(status)
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	if _, err := f.Seek(start, io.SeekStart); err != nil {
+		return err
+	}
+	// io.Copy hands the *io.LimitedReader of an *os.File to the connection: sendfile.
+	n, err := io.Copy(w, io.LimitReader(f, length))
+	s.m.downloadBytes.Add(float64(n))
+	if err != nil {
+		return fmt.Errorf("sending image %s: %w", id, err)
+	}
+	return nil
+}
+
+// parseRange reads a Range header as Glance does: one range of bytes; several ranges are
+// 400; anything malformed, or a start past the end, is 416.
+func parseRange(h string, size int64) (start, length int64, partial bool, e *api.APIError) {
+	if h == "" {
+		return 0, size, false, nil
+	}
+	invalid := &api.APIError{Status: http.StatusRequestedRangeNotSatisfiable, Message: "The Range requested is not available.", Detail: "Invalid Range header."}
+	spec, ok := strings.CutPrefix(strings.TrimSpace(h), "bytes=")
+	if !ok {
+		return 0, 0, false, invalid
+	}
+	if strings.Contains(spec, ",") {
+		return 0, 0, false, api.Errorf(http.StatusBadRequest, "Requests with multiple ranges are not supported in Glance. You may make multiple single-range requests instead.")
+	}
+	a, b, ok := strings.Cut(strings.TrimSpace(spec), "-")
+	if !ok {
+		return 0, 0, false, invalid
+	}
+	num := func(s string) (int64, bool) {
+		n, err := strconv.ParseInt(s, 10, 64)
+		return n, err == nil && n >= 0
+	}
+	switch {
+	case a == "" && b == "":
+		return 0, 0, false, invalid
+	case a == "":
+		n, ok := num(b)
+		if !ok || n == 0 {
+			return 0, 0, false, invalid
+		}
+		n = min(n, size)
+		return size - n, n, true, nil
+	}
+	first, ok := num(a)
+	if !ok {
+		return 0, 0, false, invalid
+	}
+	last := size - 1
+	if b != "" {
+		if last, ok = num(b); !ok || last < first {
+			return 0, 0, false, invalid
+		}
+	}
+	if first >= size {
+		return 0, 0, false, &api.APIError{Status: http.StatusRequestedRangeNotSatisfiable, Message: "The Range requested is not available.",
+			Detail: fmt.Sprintf("Invalid start position in Range header. Start position MUST be in the inclusive range [0, %d].", size-1)}
+	}
+	last = min(last, size-1)
+	return first, last - first + 1, true, nil
+}
+
+// Interoperable import (glance-direct, web-download, copy-image) is not offered: the
+// discovery call says so, and the calls answer as a Glance with no import method enabled.
+func (s *Store) importInfo(w http.ResponseWriter, r *http.Request, _ Caller) error {
+	return writeJSON(w, http.StatusOK, map[string]any{"import-methods": map[string]any{
+		"description": "Import methods available.", "type": "array", "value": []string{},
+	}})
+}
+
+func (s *Store) stage(w http.ResponseWriter, r *http.Request, c Caller) error {
+	return api.Errorf(http.StatusNotFound, "The resource could not be found.")
+}
+
+func (s *Store) importImage(w http.ResponseWriter, r *http.Request, c Caller) error {
+	id := r.PathValue("id")
+	if _, err := s.lookup(r.Context(), s.r, c, id); errors.Is(err, errNoImage) {
+		return notFound(id)
+	} else if err != nil {
+		return err
+	}
+	return api.Errorf(http.StatusBadRequest, "Import method is not enabled: this server takes image data with PUT /v2/images/%s/file.", id)
+}
