@@ -82,13 +82,22 @@ for s in $SOURCES; do
 	fi
 done
 
-# 3. Page cache: dropped before every timed run when we may (root), otherwise both tools
-#    run once untimed first so that both read a warm cache.
+# 3. Page cache: dropped before every timed run when we may (root), so that each tool reads
+#    its source from the disk; both programs are then started once (--version), so that
+#    loading their own code from the disk is not timed. Otherwise (or with
+#    BENCH_CACHE=warm) both tools run once untimed first, and every run reads a warm cache.
 DROP=no
-if [ -w /proc/sys/vm/drop_caches ] && sync && echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then
+if [ "${BENCH_CACHE:-cold}" = cold ] && [ -w /proc/sys/vm/drop_caches ] && sync && echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then
 	DROP=yes
 fi
-cold() { if [ "$DROP" = yes ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi; }
+cold() {
+	if [ "$DROP" = yes ]; then
+		sync
+		echo 3 >/proc/sys/vm/drop_caches
+		qemu-img --version >/dev/null
+		"$GLIMPSE" --version >/dev/null
+	fi
+}
 
 OUT=$BENCH_DIR/out.raw
 TIMES=$BENCH_DIR/time.txt
@@ -96,12 +105,14 @@ TIMES=$BENCH_DIR/time.txt
 timed() {
 	rm -f "$OUT"
 	cold
+	local t0 t1
+	t0=$(date +%s.%N) # /usr/bin/time's own wall clock has 10 ms steps
 	/usr/bin/time -v -o "$TIMES" "$@" >/dev/null
-	awk -F': ' '
-		/Elapsed \(wall clock\)/ { n = split($2, t, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + t[i] }
+	t1=$(date +%s.%N)
+	awk -F': ' -v t0="$t0" -v t1="$t1" '
 		/Maximum resident set size/ { rss = $2 }
 		/(User|System) time \(seconds\)/ { cpu += $2 }
-		END { printf "%.3f %d %.2f\n", s, rss, cpu }' "$TIMES"
+		END { printf "%.3f %d %.2f\n", t1 - t0, rss, cpu }' "$TIMES"
 }
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
@@ -109,13 +120,14 @@ echo
 echo "glimpse $("$GLIMPSE" --version | awk '{print $NF}') vs $(qemu-img --version | head -1)"
 echo "$(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "$DROP" = yes ]; then
-	echo "page cache dropped before every timed run; median of $REPS runs each, alternating"
+	echo "page cache dropped before every timed run (sources read from the disk); median of $REPS runs each, alternating;"
+	echo "'read' is the floor: the median time to read the source file alone (dd, 1 MiB blocks, cold)"
 else
-	echo "page cache NOT dropped (not root): both tools warmed once, then median of $REPS runs each, alternating"
+	echo "page cache NOT dropped (not root, or BENCH_CACHE=warm): both tools warmed once, then median of $REPS runs each, alternating"
 fi
 echo
 echo "convert -O raw (targets: ratio <= 0.80, glimpse peak RSS < 64 MiB)"
-printf "%-12s %10s %10s %7s %12s %12s %9s %9s  %s\n" source qemu-img/s glimpse/s ratio "glimpse RSS" "qemu RSS" "qemu CPU" "glim CPU" verdict
+printf "%-12s %7s %10s %10s %7s %12s %12s %9s %9s  %s\n" source read/s qemu-img/s glimpse/s ratio "glimpse RSS" "qemu RSS" "qemu CPU" "glim CPU" verdict
 fail=0
 for s in $SOURCES; do
 	p=$(src_path "$s")
@@ -126,7 +138,11 @@ for s in $SOURCES; do
 	fi
 	: >"$BENCH_DIR/q.txt"
 	: >"$BENCH_DIR/g.txt"
+	: >"$BENCH_DIR/r.txt"
 	for i in $(seq "$REPS"); do
+		if [ "$DROP" = yes ] && [ "$s" != raw ]; then # dd would read raw's holes as well
+			timed dd if="$p" of=/dev/null bs=1M status=none >>"$BENCH_DIR/r.txt"
+		fi
 		if [ $((i % 2)) = 1 ]; then
 			timed qemu-img convert -f "$f" -O raw "$p" "$OUT" >>"$BENCH_DIR/q.txt"
 			timed "$GLIMPSE" convert -f "$f" -O raw "$p" "$OUT" >>"$BENCH_DIR/g.txt"
@@ -149,9 +165,12 @@ for s in $SOURCES; do
 	qrss=$(cut -d' ' -f2 "$BENCH_DIR/q.txt" | sort -n | tail -1)
 	ratio=$(awk -v g="$gs" -v q="$qs" 'BEGIN { printf "%.2f", (q > 0 ? g / q : 0) }')
 	verdict=$(awk -v r="$ratio" -v m="$grss" 'BEGIN { v = (r <= 0.80 ? "ok" : "SLOW"); if (m >= 65536) v = v " RSS!"; print v }')
+	rs=-
+	[ -s "$BENCH_DIR/r.txt" ] && rs=$(cut -d' ' -f1 "$BENCH_DIR/r.txt" | median)
 	qcpu=$(cut -d' ' -f3 "$BENCH_DIR/q.txt" | median)
 	gcpu=$(cut -d' ' -f3 "$BENCH_DIR/g.txt" | median)
-	printf "%-12s %10s %10s %7s %8.1f MiB %8.1f MiB %9s %9s  %s\n" "$s" "$qs" "$gs" "$ratio" "$(echo "$grss" | awk '{print $1/1024}')" "$(echo "$qrss" | awk '{print $1/1024}')" "$qcpu" "$gcpu" "$verdict"
+	[ "$s" = raw ] && verdict="($verdict: raw is a baseline, not a target)"
+	printf "%-12s %7s %10s %10s %7s %8.1f MiB %8.1f MiB %9s %9s  %s\n" "$s" "$rs" "$qs" "$gs" "$ratio" "$(echo "$grss" | awk '{print $1/1024}')" "$(echo "$qrss" | awk '{print $1/1024}')" "$qcpu" "$gcpu" "$verdict"
 done
 
 echo
