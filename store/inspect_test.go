@@ -91,8 +91,8 @@ func TestUploadsRefused(t *testing.T) {
 	}
 	// Safe images of the same formats go through, with their virtual size.
 	for _, tc := range []struct {
-		disk string
-		path string
+		disk  string
+		path  string
 		vsize int64
 	}{
 		{"qcow2", qemutest.Create(t, dir, "ok.qcow2", "qcow2", "5M"), 5 << 20},
