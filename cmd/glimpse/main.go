@@ -69,7 +69,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			checkCommand(),
 			convertCommand(), compareCommand(), mapCommand(),
 			ovaCommand(),
-			serveCommand(),
+			serveCommand(), cacheCommand(),
 		},
 	}
 }
