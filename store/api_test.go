@@ -18,7 +18,9 @@ import (
 
 func randomBytes(t testing.TB, n int) []byte {
 	b := make([]byte, n)
-	rand.Read(b)
+	for i := 0; i < n; i += 1 << 20 {
+		rand.Read(b[i:min(n, i+1<<20)]) // in pieces: a long vDSO call stalls the GC
+	}
 	return b
 }
 

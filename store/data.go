@@ -15,13 +15,21 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"glimpse/api"
 	"glimpse/inspect"
 )
 
-// uploadChunk is the unit an upload is read, hashed and written in.
-const uploadChunk = 1 << 20
+// uploadChunk is the unit an upload is read, hashed and written in; hashPiece is what a
+// hash is given at once.
+const (
+	uploadChunk = 1 << 20
+	hashPiece   = 64 << 10
+	// writebackEvery is how often an upload asks the kernel to start writing what it
+	// received, so that the final fsync is short.
+	writebackEvery = 16 << 20
+)
 
 // inspectFormat is the format an upload is inspected as: the declared disk_format, or OVA
 // for an ova container. Formats inspect does not know (ami, aki, ari are raw kernels and
@@ -121,7 +129,7 @@ func (s *Store) upload(w http.ResponseWriter, r *http.Request, c Caller) error {
 	}
 	s.m.uploads.WithLabelValues(uploadActive).Inc()
 	s.log.Info("image uploaded", "image", id, "user", c.User, "size", res.size, "virtual_size", res.virtualSize,
-		"format", res.format, "checksum", res.md5)
+		"format", res.format, "checksum", res.md5, "fsync", res.syncTime)
 	w.Header().Set("Content-Type", "text/html; charset=UTF-8")
 	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(http.StatusNoContent)
@@ -141,6 +149,7 @@ type received struct {
 	size, virtualSize int64
 	md5, sha512       string
 	format            inspect.Format
+	syncTime          time.Duration // spent in the final fsync
 }
 
 // receive streams an upload into a temporary file, hashing it (MD5 and SHA-512 each on a
@@ -171,7 +180,7 @@ func (s *Store) receive(ctx context.Context, rec *record, body io.Reader) (*rece
 	}()
 	bufs := [2][]byte{make([]byte, uploadChunk), make([]byte, uploadChunk)}
 	cur := 0
-	var size int64
+	var size, flushed int64
 	for {
 		n, rerr := io.ReadFull(body, bufs[cur])
 		if n > 0 {
@@ -191,6 +200,10 @@ func (s *Store) receive(ctx context.Context, rec *record, body io.Reader) (*rece
 			if _, err := f.Write(chunk); err != nil {
 				stream.Abort()
 				return nil, fmt.Errorf("writing %s: %w", tmp, err)
+			}
+			if size-flushed >= writebackEvery {
+				startWriteback(f, flushed, size-flushed)
+				flushed = size
 			}
 			if _, err := stream.Write(chunk); err != nil {
 				// Decided before the end: stop reading.
@@ -214,9 +227,11 @@ func (s *Store) receive(ctx context.Context, rec *record, body io.Reader) (*rece
 	if e := refusal(s.policy, verdict); e != nil {
 		return nil, e
 	}
+	syncStart := time.Now()
 	if err := f.Sync(); err != nil {
 		return nil, err
 	}
+	syncTime := time.Since(syncStart)
 	if err := f.Close(); err != nil {
 		return nil, err
 	}
@@ -233,7 +248,7 @@ func (s *Store) receive(ctx context.Context, rec *record, body io.Reader) (*rece
 		vsize = size
 	}
 	return &received{
-		size: size, virtualSize: vsize, format: verdict.Format,
+		size: size, virtualSize: vsize, format: verdict.Format, syncTime: syncTime,
 		md5: hex.EncodeToString(hashers[0].sum()), sha512: hex.EncodeToString(hashers[1].sum()),
 	}, nil
 }
@@ -264,7 +279,13 @@ func newHashWorker(h hash.Hash) *hashWorker {
 	w := &hashWorker{h: h, in: make(chan []byte), done: make(chan struct{})}
 	go func() {
 		for b := range w.in {
-			w.h.Write(b)
+			// In pieces: the hashes' assembly cannot be preempted, and a goroutine
+			// hashing a whole chunk in one call makes every GC spin waiting for it.
+			for len(b) > 0 {
+				n := min(len(b), hashPiece)
+				w.h.Write(b[:n])
+				b = b[n:]
+			}
 			w.done <- struct{}{}
 		}
 	}()
