@@ -200,9 +200,12 @@ type opener struct {
 	probe     *probeData
 	// digest hashes n bytes at off; the stream inspector supplies one that hashes as the
 	// bytes pass. algo is "sha1", "sha256" or "sha512".
-	digest  func(off, n int64, algo string) ([]byte, error)
-	closers []io.Closer
-	log     *slog.Logger
+	digest func(off, n int64, algo string) ([]byte, error)
+	// streaming is set by the stream inspector: digests are cheap to ask for before the
+	// bytes pass and impossible after.
+	streaming bool
+	closers   []io.Closer
+	log       *slog.Logger
 }
 
 // ferr is a FormatError for this opener's file.

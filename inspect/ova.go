@@ -636,6 +636,15 @@ func (s *ovaOpen) visit(m *ovaMember) error {
 		return nil
 	}
 	s.verify(m)
+	if s.mf == nil && s.o.streaming && m.regular && m.Size > 0 {
+		// A manifest may still follow (VirtualBox and glimpse's own Pack put it last): a
+		// stream cannot go back for the member's bytes then, so it hashes them now with the
+		// algorithms OVF 1.0 and 2.0 manifests use (SHA1, SHA256). A SHA512 manifest after
+		// its members remains unverifiable on a stream and is reported so.
+		for _, algo := range [...]string{"sha1", "sha256"} {
+			s.digest(m.Offset, m.Size, algo) // the sum is kept until verify asks for it
+		}
+	}
 	if s.diskFiles[key] && m.regular {
 		return s.openDisk(m)
 	}

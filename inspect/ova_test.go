@@ -185,6 +185,11 @@ func ovaCraftedWith(t testing.TB, dir string, disk []byte) []fixture {
 	add("manifest-missing-member", tar.FormatUSTAR, true, []string{FindOVAManifest}, ovf, mf("SHA256(a.ovf)= "+ovaSHA("SHA256", doc), "SHA256(gone.vmdk)= "+ovaSHA("SHA256", disk)), dsk)
 	add("manifest-malformed", tar.FormatUSTAR, true, []string{FindOVAManifest}, ovf, mf("SHA256(a.ovf)= "+ovaSHA("SHA256", doc), "this is not a digest line"), dsk)
 	add("manifest-md5", tar.FormatUSTAR, true, []string{FindOVAManifest}, ovf, mf("MD5(a.ovf)= 0123456789abcdef0123456789abcdef"), dsk)
+	// The manifest after the disks (VirtualBox's order and glimpse's Pack): a stream
+	// hashes the members before it knows it will need them, and agrees with the file.
+	add("manifest-last", tar.FormatUSTAR, true, nil, ovf, dsk, goodMF)
+	add("manifest-last-sha1", tar.FormatUSTAR, true, nil, ovf, dsk, mf("SHA1(a.ovf)= "+ovaSHA("SHA1", doc), "SHA1(disk.raw)= "+ovaSHA("SHA1", disk)))
+	add("manifest-last-mismatch", tar.FormatUSTAR, true, []string{FindOVAManifest}, ovf, dsk, mf("SHA256(a.ovf)= "+ovaSHA("SHA256", doc), "SHA256(disk.raw)= "+ovaSHA("SHA256", disk[1:])))
 	add("manifest-bad-hex", tar.FormatUSTAR, true, []string{FindOVAManifest}, ovf, mf("SHA256(a.ovf)= 1234"), dsk)
 	add("reference-missing", tar.FormatUSTAR, true, []string{FindOVFReference},
 		docWith([]string{"file1=disk.raw|" + sz, "file2=tools.iso|100"}, []string{"vmdisk1=file1:" + sz + ":byte"}), dsk)

@@ -370,7 +370,7 @@ func (s *Stream) parse(final bool) Verdict {
 		pd = &probeData{head: s.head, size: unknownSize}
 	}
 	o := &opener{r: view, size: size, sizeKnown: final, name: s.opt.Name, opt: s.opt, probe: pd, log: s.opt.Logger}
-	o.digest = s.digest
+	o.digest, o.streaming = s.digest, true
 	d, err := openWith(o, nil)
 	return verdictOf(d, err, s.opt)
 }
