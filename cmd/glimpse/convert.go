@@ -20,12 +20,18 @@ const maxWorkers = 16
 func convertCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "convert",
-		Usage:     "convert a disk image (like qemu-img convert): -O raw, to a sparse file or - for standard output",
+		Usage:     "convert a disk image (like qemu-img convert) into raw, qcow2, vmdk, vhd (vpc), vhdx or vdi, or a single-disk OVA",
 		ArgsUsage: "SRC DST",
 		Flags: []cli.Flag{
 			formatFlag(),
-			&cli.StringFlag{Name: "O", Value: "raw", Usage: "output format `FMT` (raw; the other writers are not there yet)"},
+			&cli.StringFlag{Name: "O", Value: "raw", Usage: "output format `FMT`: raw, qcow2, vmdk, vhd (or vpc), vhdx, vdi"},
+			&cli.StringSliceFlag{Name: "o", Usage: "output format options `KEY=VALUE,...` as qemu-img has them (compat=0.10, cluster_size=, compression_type=zstd, subformat=streamOptimized, adapter_type=, force_size=on, static=on, ...); repeatable"},
+			&cli.BoolFlag{Name: "c", Usage: "compress the output (qcow2 clusters, streamOptimized vmdk grains)"},
+			&cli.StringFlag{Name: "container", Usage: "wrap the output in a container: ova (a single-disk OVA; -O defaults to vmdk there)"},
+			&cli.StringFlag{Name: "disk", Usage: "the disk of an OVA source to read (`NAME` of its member; the first disk by default)"},
 			&cli.BoolFlag{Name: "p", Usage: "show a progress bar (when standard error is a terminal)"},
+			&cli.BoolFlag{Name: "q", Usage: "quiet (the default; accepted for qemu-img's scripts)"},
+			&cli.BoolFlag{Name: "W", Usage: "out-of-order writes (always on where the output allows; accepted for qemu-img's scripts)"},
 			&cli.StringFlag{Name: "S", Usage: "zero runs of at least `SIZE` become holes (default 4k; 0 writes every byte, fully allocated)"},
 			&cli.IntFlag{Name: "m", Usage: fmt.Sprintf("`N` parallel workers, 1 to %d (default: the number of CPUs)", maxWorkers)},
 			&cli.StringFlag{Name: "t", Value: "unsafe", Usage: "output `CACHE` mode: unsafe (no flush, qemu-img's default) or writeback (flush before the rename)"},
@@ -36,8 +42,24 @@ func convertCommand() *cli.Command {
 				return cli.Exit("convert: need SRC and DST (- for standard output)", 1)
 			}
 			src, dst := c.Args().Get(0), c.Args().Get(1)
-			if err := checkOutputFormat(c.String("O")); err != nil {
-				return err
+			container := strings.ToLower(c.String("container"))
+			switch container {
+			case "", "bare":
+				container = ""
+			case "ova":
+			default:
+				return cli.Exit(fmt.Sprintf("convert: --container %q: glimpse writes ova (or bare, the default)", c.String("container")), 1)
+			}
+			outName := c.String("O")
+			if container == "ova" && !c.IsSet("O") {
+				outName = "vmdk"
+			}
+			format, err := inspect.ParseFormat(outName)
+			if err != nil {
+				return cli.Exit("convert: -O: "+err.Error(), 1)
+			}
+			if format == inspect.OVA {
+				return cli.Exit("convert: -O ova: use --container ova (with -O for the disk inside) or glimpse ova pack", 1)
 			}
 			var opt convert.Options
 			if c.IsSet("S") {
@@ -55,11 +77,14 @@ func convertCommand() *cli.Command {
 				}
 				opt.Workers = m
 			}
-			var ropt convert.RawOptions
+			fopt, err := formatOptions(c)
+			if err != nil {
+				return cli.Exit("convert: -o: "+err.Error(), 1)
+			}
 			switch c.String("t") {
 			case "unsafe":
 			case "writeback", "writethrough", "none", "directsync":
-				ropt.Sync = true
+				fopt.Sync = true
 			default:
 				return cli.Exit(fmt.Sprintf("convert: -t %q: cache mode must be unsafe, writeback, writethrough, none or directsync", c.String("t")), 1)
 			}
@@ -67,32 +92,38 @@ func convertCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			oopt.Disk = c.String("disk")
+			if dst != "-" && same(src, dst) {
+				return cli.Exit(fmt.Sprintf("convert: %s and %s are the same file", src, dst), 1)
+			}
+			if dst == "-" && isTerminalFunc(c.App.Writer) {
+				return cli.Exit("convert: standard output is a terminal; redirect it or name a file", 1)
+			}
 			img, err := inspect.OpenFile(src, oopt)
 			if err != nil {
 				return cli.Exit("convert: "+err.Error(), 1)
 			}
 			defer img.Close()
-			var w convert.Writer
-			if dst == "-" {
-				if isTerminalFunc(c.App.Writer) {
-					return cli.Exit("convert: standard output is a terminal; redirect it or name a file", 1)
-				}
-				w = convert.NewRawStream(c.App.Writer, "standard output")
-			} else {
-				if same(src, dst) {
-					return cli.Exit(fmt.Sprintf("convert: %s and %s are the same file", src, dst), 1)
-				}
-				rw, err := convert.CreateRaw(dst, ropt)
-				if err != nil {
-					return cli.Exit("convert: "+err.Error(), 1)
-				}
-				w = rw
-			}
 			bar := startProgress(c.App.ErrWriter, c.Bool("p"), img.Size())
 			if bar != nil {
 				opt.Progress = bar
 			}
-			err = convert.Convert(c.Context, img, w, opt)
+			if container == "ova" {
+				if dst == "-" {
+					return cli.Exit("convert: --container ova writes a file (an OVA's manifest follows its disks), not standard output", 1)
+				}
+				name := baseName(dst)
+				err = convert.Pack(c.Context, []convert.PackDisk{{Image: img, Name: name + "." + string(format)}}, dst,
+					convert.PackOptions{Format: format, Disk: fopt, Convert: opt, Name: name})
+			} else {
+				var w convert.Writer
+				w, err = convert.Create(format, dst, c.App.Writer, fopt)
+				if err != nil {
+					bar.Finish()
+					return cli.Exit("convert: "+err.Error(), 1)
+				}
+				err = convert.Convert(c.Context, img, w, opt)
+			}
 			bar.Finish()
 			if errors.Is(err, context.Canceled) {
 				if dst == "-" {
@@ -106,21 +137,6 @@ func convertCommand() *cli.Command {
 			return nil
 		},
 	}
-}
-
-// checkOutputFormat accepts raw and says plainly that the other formats are not written yet.
-func checkOutputFormat(s string) error {
-	f, err := inspect.ParseFormat(s)
-	if err != nil {
-		return cli.Exit("convert: -O: "+err.Error(), 1)
-	}
-	switch f {
-	case inspect.Raw:
-		return nil
-	case inspect.QCOW2, inspect.VMDK, inspect.VHD, inspect.VHDX, inspect.VDI, inspect.OVA:
-		return cli.Exit(fmt.Sprintf("convert: -O %s: writing %s is not yet supported (only raw for now)", s, f), 1)
-	}
-	return cli.Exit(fmt.Sprintf("convert: -O %s: glimpse cannot write %s images", s, f), 1)
 }
 
 // same reports whether two names are the same existing file.

@@ -156,8 +156,15 @@ func TestConvertCLIErrors(t *testing.T) {
 		want string
 	}{
 		{[]string{"convert", base}, "need SRC and DST"},
-		{[]string{"convert", "-O", "qcow2", base, out}, "not yet supported"},
-		{[]string{"convert", "-O", "vpc", base, out}, "not yet supported"},
+		{[]string{"convert", "-O", "ova", base, out}, "--container ova"},
+		{[]string{"convert", "-O", "iso", base, out}, "cannot write iso"},
+		{[]string{"convert", "-c", base, out}, "cannot be compressed"},
+		{[]string{"convert", "-O", "qcow2", "-o", "cluster_size=1000", base, out}, "cluster_size"},
+		{[]string{"convert", "-O", "qcow2", "-o", "nosuch=1", base, out}, "nosuch"},
+		{[]string{"convert", "-O", "vmdk", base, "-"}, "standard output"},
+		{[]string{"convert", "-O", "qcow2", base, "-"}, "standard output"},
+		{[]string{"convert", "--container", "zip", base, out}, "--container"},
+		{[]string{"convert", "--container", "ova", base, "-"}, "not standard output"},
 		{[]string{"convert", "-O", "bogus", base, out}, "unknown format"},
 		{[]string{"convert", "-S", "1000", base, out}, "multiples of 512"},
 		{[]string{"convert", "-S", "32M", base, out}, "multiples of 512"},

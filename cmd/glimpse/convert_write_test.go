@@ -1,0 +1,252 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"glimpse/internal/qemutest"
+)
+
+// cliTargets are the outputs `glimpse convert -O` is asked for in the CLI tests: every
+// writer and the options that change its layout. qemu is the name qemu-img gives the format.
+var cliTargets = []struct {
+	name  string
+	qemu  string
+	flags []string
+}{
+	{"qcow2", "qcow2", []string{"-O", "qcow2"}},
+	{"qcow2-v2-4k", "qcow2", []string{"-O", "qcow2", "-o", "compat=0.10,cluster_size=4k"}},
+	{"qcow2-deflate", "qcow2", []string{"-O", "qcow2", "-c"}},
+	{"qcow2-zstd", "qcow2", []string{"-O", "qcow2", "-c", "-o", "compression_type=zstd", "-m", "3"}},
+	{"vmdk", "vmdk", []string{"-O", "vmdk"}},
+	{"vmdk-stream", "vmdk", []string{"-O", "vmdk", "-o", "subformat=streamOptimized,adapter_type=lsilogic"}},
+	{"vhd", "vpc", []string{"-O", "vpc"}},
+	{"vhd-fixed", "vpc", []string{"-O", "vhd", "-o", "subformat=fixed,force_size=on"}},
+	{"vhdx", "vhdx", []string{"-O", "vhdx", "-o", "block_size=1M"}},
+	{"vdi", "vdi", []string{"-O", "vdi"}},
+	{"vdi-static", "vdi", []string{"-O", "vdi", "-o", "static=on"}},
+	{"raw", "raw", []string{"-O", "raw", "-t", "writeback"}},
+}
+
+// checkOutput asks qemu-img what it makes of a file glimpse wrote: the format and virtual
+// size it reports, a clean check where the format has one, and the same guest data as src.
+func checkOutput(t *testing.T, src, srcFormat, out, qemuFormat string, size int64) {
+	t.Helper()
+	probe := ""
+	if qemuFormat == "vpc" {
+		probe = "vpc" // qemu-img probes a fixed VHD (footer only, at the end) as raw
+	}
+	info := qemutest.Info(t, out, probe)
+	if info.Format != qemuFormat || info.VirtualSize != size {
+		t.Errorf("qemu-img info %s: format %s, virtual size %d; want %s, %d", filepath.Base(out), info.Format, info.VirtualSize, qemuFormat, size)
+	}
+	switch qemuFormat {
+	case "qcow2", "vmdk", "vhdx", "vdi":
+		if o, err := exec.Command("qemu-img", "check", "-f", qemuFormat, out).CombinedOutput(); err != nil {
+			t.Errorf("qemu-img check %s: %v\n%s", filepath.Base(out), err, o)
+		}
+	}
+	args := []string{"compare", "-U", "-f", qemuFormat, "-F", qemuFormat, out, src}
+	if srcFormat != "" {
+		args[5] = srcFormat
+	} else {
+		args = append(args[:4], args[6:]...)
+	}
+	if o, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
+		t.Errorf("qemu-img %s: %v\n%s", strings.Join(args, " "), err, o)
+	}
+}
+
+// TestConvertCLIWrite converts a raw disk into every target through the CLI, and every
+// source format into qcow2 and streamOptimized vmdk (to standard output), each checked by
+// qemu-img: info, check, compare.
+func TestConvertCLIWrite(t *testing.T) {
+	dir := t.TempDir()
+	srcs := cliSources(t, dir)
+	base := srcs[0].path
+	for _, tg := range cliTargets {
+		t.Run("raw-to-"+tg.name, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "out."+tg.name)
+			args := append(append([]string{"convert"}, tg.flags...), base, out)
+			if code, stdout, stderr := runCLI(t, args...); code != 0 || stdout != "" || stderr != "" {
+				t.Fatalf("%v: exit %d, stdout %q, stderr %q", args, code, stdout, stderr)
+			}
+			size := int64(cliSize)
+			if tg.name == "vhd" {
+				// Without force_size the size is CHS geometry's, rounded up, as qemu-img
+				// makes it: ask qemu-img for its own.
+				q := filepath.Join(t.TempDir(), "qemu.vhd")
+				qemutest.Img(t, "convert", "-f", "raw", "-O", "vpc", base, q)
+				size = qemutest.Info(t, q, "vpc").VirtualSize
+				if size <= cliSize {
+					t.Fatalf("qemu-img's vhd is %d bytes, expected a CHS round-up of %d", size, cliSize)
+				}
+			}
+			checkOutput(t, base, "raw", out, tg.qemu, size)
+			if strings.HasPrefix(tg.name, "qcow2") {
+				// The same input and options give the same bytes (the formats with UUIDs
+				// are in TestConvertCLIDeterministic).
+				again := filepath.Join(t.TempDir(), "again")
+				if code, _, stderr := runCLI(t, append(append([]string{"convert"}, tg.flags...), base, again)...); code != 0 {
+					t.Fatal(stderr)
+				}
+				if fileSHA(t, out) != fileSHA(t, again) {
+					t.Errorf("two conversions with the same options differ")
+				}
+			}
+		})
+	}
+	for _, s := range srcs[1:] {
+		t.Run(s.name+"-to-qcow2-and-stream", func(t *testing.T) {
+			want, _ := qemutest.ConvertSHA256(t, s.path, "")
+			size := qemutest.Info(t, s.path, "").VirtualSize
+			out := filepath.Join(t.TempDir(), "out.qcow2")
+			args := append(append([]string{"convert"}, s.args...), "-O", "qcow2", s.path, out)
+			if code, _, stderr := runCLI(t, args...); code != 0 {
+				t.Fatalf("%v: %s", args, stderr)
+			}
+			checkOutput(t, base, "raw", out, "qcow2", size)
+			// streamOptimized to a pipe, then back to raw through glimpse: the same guest.
+			code, stdout, stderr := runCLI(t, append(append([]string{"convert"}, s.args...), "-O", "vmdk", "-o", "subformat=streamOptimized", s.path, "-")...)
+			if code != 0 || stderr != "" {
+				t.Fatalf("to -: exit %d, stderr %q", code, stderr)
+			}
+			vmdk := filepath.Join(t.TempDir(), "piped.vmdk")
+			if err := os.WriteFile(vmdk, []byte(stdout), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			checkOutput(t, base, "raw", vmdk, "vmdk", size)
+			code, raw, stderr := runCLI(t, "convert", "-f", "vmdk", vmdk, "-")
+			sum := sha256.Sum256([]byte(raw))
+			if code != 0 || hex.EncodeToString(sum[:]) != want {
+				t.Errorf("round trip through streamOptimized: exit %d, stderr %q, guest data differs", code, stderr)
+			}
+		})
+	}
+}
+
+// TestConvertCLIDeterministic fixes the UUIDs and timestamps the vhd, vhdx, vdi and vmdk
+// writers would otherwise draw, and gets the same bytes twice.
+func TestConvertCLIDeterministic(t *testing.T) {
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.raw")
+	cliBase(t, base, 4)
+	const id = "uuid=5f0c2bd2-6e0c-4a56-9a4c-0d2b8e7f1a11"
+	for _, flags := range [][]string{
+		{"-O", "vhd", "-o", id + ",timestamp=1700000000"},
+		{"-O", "vhdx", "-o", id},
+		{"-O", "vdi", "-o", id},
+		{"-O", "vmdk", "-o", "subformat=streamOptimized,cid=12345678"},
+	} {
+		var sums []string
+		for range 2 {
+			// The same name in two directories: a vmdk names its own extent.
+			out := filepath.Join(t.TempDir(), "out")
+			if code, _, stderr := runCLI(t, append(append([]string{"convert"}, flags...), base, out)...); code != 0 {
+				t.Fatalf("%v: %s", flags, stderr)
+			}
+			sums = append(sums, fileSHA(t, out))
+		}
+		if sums[0] != sums[1] {
+			t.Errorf("%v: two conversions differ", flags)
+		}
+	}
+}
+
+// TestConvertCLIOVA packs a single-disk OVA with --container ova, packs two disks with
+// `ova pack`, reads a chosen disk out of it with --disk, and unpacks it.
+func TestConvertCLIOVA(t *testing.T) {
+	qemutest.Need(t, "qemu-img", "sha256sum")
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.raw"), filepath.Join(dir, "b.raw")
+	cliBase(t, a, 5)
+	cliBase(t, b, 6)
+	one := filepath.Join(dir, "one.ova")
+	if code, _, stderr := runCLI(t, "convert", "--container", "ova", a, one); code != 0 {
+		t.Fatal(stderr)
+	}
+	code, stdout, stderr := runCLI(t, "info", "--output=json", one)
+	if code != 0 || !strings.Contains(stdout, `"format": "ova"`) || !strings.Contains(stdout, `"vmdk"`) {
+		t.Fatalf("info of the OVA: exit %d, stderr %q\n%s", code, stderr, stdout)
+	}
+	// The disk inside, read in place, is a's guest data.
+	back := filepath.Join(dir, "back.raw")
+	if code, _, stderr := runCLI(t, "convert", one, back); code != 0 {
+		t.Fatal(stderr)
+	}
+	if fileSHA(t, back) != fileSHA(t, a) {
+		t.Errorf("guest data through --container ova differs")
+	}
+
+	two := filepath.Join(dir, "two.ova")
+	if code, _, stderr := runCLI(t, "ova", "pack", "-O", "qcow2", "--name", "pair", a, b, two); code != 0 {
+		t.Fatal(stderr)
+	}
+	list := qemutest.Run(t, "tar", "tf", two)
+	if want := "two.ovf\na.qcow2\nb.qcow2\ntwo.mf\n"; list != want {
+		t.Errorf("members %q, want %q", list, want)
+	}
+	if code, _, stderr := runCLI(t, "convert", "--disk", "b.qcow2", two, back); code != 0 {
+		t.Fatal(stderr)
+	}
+	if fileSHA(t, back) != fileSHA(t, b) {
+		t.Errorf("--disk b.qcow2 did not read b")
+	}
+	if code, _, stderr := runCLI(t, "convert", "--disk", "c.qcow2", two, back); code != 1 || !strings.Contains(stderr, "c.qcow2") {
+		t.Errorf("--disk of a missing member: exit %d, stderr %q", code, stderr)
+	}
+
+	out := filepath.Join(dir, "unpacked")
+	code, stdout, stderr = runCLI(t, "ova", "unpack", two, out)
+	if code != 0 {
+		t.Fatal(stderr)
+	}
+	if !strings.Contains(stdout, "a.qcow2") || !strings.Contains(stdout, "two.mf") {
+		t.Errorf("unpack listed %q", stdout)
+	}
+	if doc, err := os.ReadFile(filepath.Join(out, "two.ovf")); err != nil || !strings.Contains(string(doc), "<Name>pair</Name>") {
+		t.Errorf("the descriptor does not name the virtual system pair (%v):\n%s", err, doc)
+	}
+	// The manifest's digests, checked by sha256sum over the unpacked files.
+	mf, err := os.ReadFile(filepath.Join(out, "two.mf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(string(mf)), "\n") {
+		// SHA256(a.qcow2)= HEX  →  HEX  a.qcow2
+		name, sum, ok := strings.Cut(strings.TrimPrefix(l, "SHA256("), ")= ")
+		if !ok {
+			t.Fatalf("manifest line %q", l)
+		}
+		lines = append(lines, sum+"  "+name)
+	}
+	check := exec.Command("sha256sum", "-c", "-")
+	check.Dir = out
+	check.Stdin = strings.NewReader(strings.Join(lines, "\n") + "\n")
+	if o, err := check.CombinedOutput(); err != nil {
+		t.Errorf("sha256sum -c: %v\n%s", err, o)
+	}
+	for _, n := range []string{"a", "b"} {
+		checkOutput(t, filepath.Join(dir, n+".raw"), "raw", filepath.Join(out, n+".qcow2"), "qcow2", cliSize)
+	}
+	// A tampered OVA is refused at unpack with exit 4, and nothing is claimed to be good.
+	data, err := os.ReadFile(two)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := strings.Index(string(data), "QFI\xfb")
+	data[i+70000] ^= 1
+	bad := filepath.Join(dir, "bad.ova")
+	if err := os.WriteFile(bad, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := runCLI(t, "ova", "unpack", bad, filepath.Join(dir, "bad")); code != exitUnsafe || !strings.Contains(stderr, "a.qcow2") {
+		t.Errorf("tampered OVA: exit %d, stderr %q", code, stderr)
+	}
+}
