@@ -10,8 +10,10 @@ FUZZTIME ?= 20s
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/glimpse
 
+# The embedded image service on 127.0.0.1:9292, data in ./var, every caller admin; it prints
+# how to upload a first image with curl and the glance CLI.
 run: build
-	./$(BIN) --help
+	GLIMPSE=./$(BIN) ./scripts/run.sh
 
 deps:
 	./scripts/test-deps.sh
@@ -24,8 +26,12 @@ vet:
 test: deps vet
 	$(GO) test -timeout 20m ./...
 
+# Side by side with qemu-img (convert, info), Glance (store) and nginx and Glance's cache
+# (proxy), in one run on this machine; each script says what it measures.
 bench: build deps
 	./scripts/bench.sh
+	./scripts/bench-store.sh
+	./scripts/bench-proxy.sh
 
 # Each fuzz target runs for FUZZTIME; seeds also run as ordinary tests in `make test`.
 fuzz:
