@@ -370,7 +370,8 @@ func (s *Store) wrap(name string, auth bool, h handlerFunc) http.Handler {
 }
 
 // statusWriter records the status and the bytes of a response. It keeps the
-// ResponseWriter's io.ReaderFrom, so that downloads still go through sendfile.
+// ResponseWriter's io.ReaderFrom for whoever wants sendfile (downloads do not: see
+// sendData).
 type statusWriter struct {
 	http.ResponseWriter
 	status int
