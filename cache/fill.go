@@ -62,6 +62,9 @@ const (
 	passBuffers      = 4
 	passBufferSize   = 256 << 10
 	maxErrorBodySize = 64 << 10
+	// writebackEvery is how often a fill asks the kernel to start writing what it has
+	// received, so that the commit's fsync is short.
+	writebackEvery = 16 << 20
 )
 
 // startFillLocked starts a fill of m, or says why there is none: the image is larger than
@@ -125,7 +128,7 @@ func (f *fill) download() (string, error) {
 	defer v.stop()
 	r := countingReader{body, &f.c.upstreamRead}
 	size := f.meta.Size
-	var n int64
+	var n, flushed int64
 	for {
 		buf := v.get()
 		k, rerr := io.ReadFull(r, buf)
@@ -141,6 +144,10 @@ func (f *fill) download() (string, error) {
 			v.feed(buf[:k])
 			n += int64(k)
 			f.advance(n)
+			if n-flushed >= writebackEvery {
+				startWriteback(f.tmp, flushed, n-flushed)
+				flushed = n
+			}
 		} else {
 			v.put(buf)
 		}
@@ -160,9 +167,11 @@ func (f *fill) download() (string, error) {
 // commit makes the verified temporary file an entry: fsync, sidecar, rename, index.
 func (f *fill) commit() (string, error) {
 	c := f.c
+	syncStart := time.Now()
 	if err := f.tmp.Sync(); err != nil {
 		return ReasonDisk, &diskError{err}
 	}
+	f.c.log.Debug("cache: fill synced", "image", f.meta.ID, "seconds", time.Since(syncStart).Seconds())
 	if err := f.tmp.Close(); err != nil {
 		return ReasonDisk, &diskError{err}
 	}
