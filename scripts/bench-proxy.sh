@@ -127,10 +127,13 @@ many() {
 	dir=$(mktemp -d)
 	local t0 t1
 	t0=$(date +%s.%N)
+	local pids=()
 	for i in $(seq "$n"); do
 		one "$url" >"$dir/$i" &
+		pids+=($!)
 	done
-	wait
+	# Only these: a bare `wait` would also wait for nginx and glimpse, which never end.
+	wait "${pids[@]}"
 	t1=$(date +%s.%N)
 	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
 	cat "$dir"/* | tr '\n' ' '
