@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS images (
 CREATE INDEX IF NOT EXISTS images_created ON images(created_at, id);
 CREATE INDEX IF NOT EXISTS images_owner ON images(owner);
 CREATE INDEX IF NOT EXISTS images_status ON images(status);
+CREATE INDEX IF NOT EXISTS images_name ON images(name, id);
 CREATE TABLE IF NOT EXISTS properties (
 	image_id TEXT NOT NULL,
 	name TEXT NOT NULL,
