@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"glimpse/internal/writeback"
 )
 
 // tempFile is what a fill writes to: an *os.File, or a failing one in tests.
@@ -62,9 +64,6 @@ const (
 	passBuffers      = 4
 	passBufferSize   = 256 << 10
 	maxErrorBodySize = 64 << 10
-	// writebackEvery is how often a fill asks the kernel to start writing what it has
-	// received, so that the commit's fsync is short.
-	writebackEvery = 16 << 20
 )
 
 // startFillLocked starts a fill of m, or says why there is none: the image is larger than
@@ -128,7 +127,8 @@ func (f *fill) download() (string, error) {
 	defer v.stop()
 	r := countingReader{body, &f.c.upstreamRead}
 	size := f.meta.Size
-	var n, flushed int64
+	var n int64
+	pacer := writeback.NewPacer(f.tmp)
 	for {
 		buf := v.get()
 		k, rerr := io.ReadFull(r, buf)
@@ -144,10 +144,7 @@ func (f *fill) download() (string, error) {
 			v.feed(buf[:k])
 			n += int64(k)
 			f.advance(n)
-			if n-flushed >= writebackEvery {
-				startWriteback(f.tmp, flushed, n-flushed)
-				flushed = n
-			}
+			pacer.Written(n) // so that the commit's fsync, which readers wait for, is short
 		} else {
 			v.put(buf)
 		}

@@ -19,6 +19,7 @@ import (
 
 	"glimpse/api"
 	"glimpse/inspect"
+	"glimpse/internal/writeback"
 )
 
 // uploadChunk is the unit an upload is read, hashed and written in; hashPiece is what a
@@ -26,9 +27,6 @@ import (
 const (
 	uploadChunk = 1 << 20
 	hashPiece   = 64 << 10
-	// writebackEvery is how often an upload asks the kernel to start writing what it
-	// received, so that the final fsync is short.
-	writebackEvery = 16 << 20
 )
 
 // inspectFormat is the format an upload is inspected as: the declared disk_format, or OVA
@@ -180,7 +178,8 @@ func (s *Store) receive(ctx context.Context, rec *record, body io.Reader) (*rece
 	}()
 	bufs := [2][]byte{make([]byte, uploadChunk), make([]byte, uploadChunk)}
 	cur := 0
-	var size, flushed int64
+	var size int64
+	pacer := writeback.NewPacer(f)
 	for {
 		n, rerr := io.ReadFull(body, bufs[cur])
 		if n > 0 {
@@ -201,10 +200,7 @@ func (s *Store) receive(ctx context.Context, rec *record, body io.Reader) (*rece
 				stream.Abort()
 				return nil, fmt.Errorf("writing %s: %w", tmp, err)
 			}
-			if size-flushed >= writebackEvery {
-				startWriteback(f, flushed, size-flushed)
-				flushed = size
-			}
+			pacer.Written(size) // so that the final fsync is short
 			if _, err := stream.Write(chunk); err != nil {
 				// Decided before the end: stop reading.
 				return nil, refusal(s.policy, stream.Abort())
