@@ -369,8 +369,8 @@ func (s *Store) wrap(name string, auth bool, h handlerFunc) http.Handler {
 	})
 }
 
-// statusWriter records the status and the bytes of a response. It keeps the
-// ResponseWriter's io.ReaderFrom for whoever wants sendfile (downloads do not: see
+// statusWriter records the status and the bytes of a response. It has no io.ReaderFrom:
+// nothing in the store hands it a file for sendfile (downloads copy through a buffer, see
 // sendData).
 type statusWriter struct {
 	http.ResponseWriter
@@ -392,21 +392,6 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	}
 	n, err := w.ResponseWriter.Write(b)
 	w.n += int64(n)
-	return n, err
-}
-
-func (w *statusWriter) ReadFrom(r io.Reader) (int64, error) {
-	if !w.wrote {
-		w.status, w.wrote = http.StatusOK, true
-	}
-	var n int64
-	var err error
-	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
-		n, err = rf.ReadFrom(r)
-	} else {
-		n, err = io.Copy(struct{ io.Writer }{w.ResponseWriter}, r)
-	}
-	w.n += n
 	return n, err
 }
 
