@@ -29,6 +29,21 @@ func (o FormatOptions) take(used map[string]bool, key string) (string, bool) {
 	return v, ok
 }
 
+// takeBool reads key, when given, as qemu's boolean (on/off and its spellings) into dst.
+// Errors read "FORMAT: -o KEY=VALUE: why", as every writer's do.
+func (o FormatOptions) takeBool(used map[string]bool, format, key string, dst *bool) error {
+	v, ok := o.take(used, key)
+	if !ok {
+		return nil
+	}
+	b, err := parseQemuBool(v)
+	if err != nil {
+		return fmt.Errorf("%s: -o %s=%s: %s", format, key, v, err)
+	}
+	*dst = b
+	return nil
+}
+
 // unknown reports the -o keys a writer did not use, naming the ones it knows.
 func (o FormatOptions) unknown(format inspect.Format, used map[string]bool, known ...string) error {
 	var bad []string

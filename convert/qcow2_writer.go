@@ -142,12 +142,8 @@ func parseQCOW2Options(o FormatOptions) (qcow2Config, error) {
 		}
 		cfg.refcountOrder = uint(bits.TrailingZeros64(n))
 	}
-	if v, ok := o.take(used, "lazy_refcounts"); ok {
-		b, err := parseQemuBool(v)
-		if err != nil {
-			return cfg, bad("lazy_refcounts", v, err.Error())
-		}
-		cfg.lazy = b
+	if err := o.takeBool(used, "qcow2", "lazy_refcounts", &cfg.lazy); err != nil {
+		return cfg, err
 	}
 	if v, ok := o.take(used, "preallocation"); ok && v != "off" {
 		switch v {

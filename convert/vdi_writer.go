@@ -72,12 +72,8 @@ func parseVDIOptions(name string, o FormatOptions) (vdiConfig, error) {
 	cfg := vdiConfig{name: name, sync: o.Sync}
 	used := map[string]bool{}
 	bad := func(key, v, why string) error { return fmt.Errorf("vdi: -o %s=%s: %s", key, v, why) }
-	if v, ok := o.take(used, "static"); ok {
-		b, err := parseQemuBool(v)
-		if err != nil {
-			return cfg, bad("static", v, err.Error())
-		}
-		cfg.static = b
+	if err := o.takeBool(used, "vdi", "static", &cfg.static); err != nil {
+		return cfg, err
 	}
 	if v, ok := o.take(used, "size"); ok {
 		return cfg, bad("size", v, "the output's size is the source's")

@@ -106,12 +106,8 @@ func parseVHDOptions(name string, o FormatOptions, now time.Time) (vhdConfig, er
 			return cfg, bad("subformat", v, "want dynamic or fixed")
 		}
 	}
-	if v, ok := o.take(used, "force_size"); ok {
-		b, err := parseQemuBool(v)
-		if err != nil {
-			return cfg, bad("force_size", v, err.Error())
-		}
-		cfg.forceSize = b
+	if err := o.takeBool(used, "vhd", "force_size", &cfg.forceSize); err != nil {
+		return cfg, err
 	}
 	if v, ok := o.take(used, "size"); ok {
 		return cfg, bad("size", v, "the output's size is the source's (with force_size=on exactly, otherwise rounded up to a CHS geometry)")

@@ -166,12 +166,8 @@ func parseVHDXOptions(name string, o FormatOptions) (vhdxConfig, error) {
 		}
 		cfg.logSize = max(alignUp(n, vhdxwMiB), vhdxwMiB)
 	}
-	if v, ok := o.take(used, "block_state_zero"); ok {
-		b, err := parseQemuBool(v)
-		if err != nil {
-			return cfg, bad("block_state_zero", v, err.Error())
-		}
-		cfg.zeroState = b
+	if err := o.takeBool(used, "vhdx", "block_state_zero", &cfg.zeroState); err != nil {
+		return cfg, err
 	}
 	if v, ok := o.take(used, "logical_sector_size"); ok {
 		switch v {
