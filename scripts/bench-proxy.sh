@@ -37,29 +37,13 @@ GLANCE=http://127.0.0.1:$GLANCE_PORT
 PROXY=http://127.0.0.1:$GLIMPSE_PORT
 ADMIN=http://127.0.0.1:$ADMIN_PORT
 
-die() { echo "bench-proxy: $*" >&2; exit 1; }
-log() { echo "bench-proxy: $*" >&2; }
-
-[ "$(id -u)" = 0 ] || die "must run as root (glance-server)"
-[ -x "$GLANCE_SERVER" ] || die "$GLANCE_SERVER is missing (../shared beside the repository)"
-command -v curl >/dev/null || die "curl not found"
-if ! command -v nginx >/dev/null; then
-	log "installing nginx-light"
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get install -y -qq --no-install-recommends nginx-light >/dev/null 2>&1 ||
-		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends nginx-light >/dev/null; } ||
-		die "cannot install nginx"
-fi
-if [ ! -x "$GLIMPSE" ]; then
-	(cd "$ROOT" && go build -o "$GLIMPSE" ./cmd/glimpse)
-fi
+PROG=bench-proxy
+# shellcheck source=scripts/bench-lib.sh
+. "$ROOT/scripts/bench-lib.sh"
+bench_prereqs
 mkdir -p "$BENCH_DIR/www"
 IMG=$BENCH_DIR/www/image.raw
-if [ ! -s "$IMG" ] || [ "$(stat -c %s "$IMG")" != $((SIZE_MIB << 20)) ]; then
-	log "making a $SIZE_MIB MiB image of random bytes (once)"
-	head -c $((SIZE_MIB << 20)) /dev/urandom >"$IMG.part"
-	mv "$IMG.part" "$IMG"
-fi
+random_image "$IMG" $((SIZE_MIB << 20))
 
 GLIMPSE_PID=
 NGINX_PID=
@@ -83,25 +67,7 @@ GLANCE_LOG=$BENCH_DIR/glance/glance-api.log
 data_gets() { grep -c "\"GET /v2/images/$ID/file HTTP/1.1\" 200" "$GLANCE_LOG" || true; }
 
 # nginx serving the same file, sendfile on.
-cat >"$BENCH_DIR/nginx.conf" <<EOF
-worker_processes auto;
-daemon off;
-pid $BENCH_DIR/nginx.pid;
-error_log $BENCH_DIR/nginx-error.log;
-events { worker_connections 1024; }
-http {
-	access_log off;
-	sendfile on;
-	tcp_nopush on;
-	keepalive_timeout 65;
-	server {
-		listen 127.0.0.1:$NGINX_PORT;
-		root $BENCH_DIR/www;
-	}
-}
-EOF
-nginx -c "$BENCH_DIR/nginx.conf" -p "$BENCH_DIR" &
-NGINX_PID=$!
+start_nginx "$NGINX_PORT"
 
 # glimpse in front of Glance.
 rm -rf "$BENCH_DIR/cache"
@@ -140,7 +106,6 @@ many() {
 	echo
 	rm -rf "$dir"
 }
-median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 evict() { curl -sf -X DELETE "$ADMIN/v2/cache/$ID" >/dev/null || true; }
 gbps() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.2f", b / s / 1e9 }'; }
 
@@ -161,8 +126,8 @@ for _ in $(seq "$REPS"); do
 	evict
 	one "$PROXY/v2/images/$ID/file" >>"$BENCH_DIR/cold.txt"
 done
-DIRECT=$(median <"$BENCH_DIR/direct.txt")
-COLD=$(median <"$BENCH_DIR/cold.txt")
+DIRECT=$(median 3 <"$BENCH_DIR/direct.txt")
+COLD=$(median 3 <"$BENCH_DIR/cold.txt")
 # The floor a verified fill cannot beat on this machine: MD5 and SHA-512 of the image.
 HASH_FLOOR=$( { /usr/bin/time -f '%e' md5sum "$IMG" >/dev/null; } 2>&1 | tail -1)
 
@@ -180,7 +145,7 @@ for _ in $(seq "$REPS"); do
 	hwm=$(awk '/VmHWM/ {print $2}' "/proc/$GLIMPSE_PID/status")
 	[ "$hwm" -gt "$PEAK" ] && PEAK=$hwm
 done
-C_SLOWEST=$(awk '{ m = 0; for (i = 2; i <= NF; i++) if ($i > m) m = $i; print m }' "$BENCH_DIR/c.txt" | median)
+C_SLOWEST=$(awk '{ m = 0; for (i = 2; i <= NF; i++) if ($i > m) m = $i; print m }' "$BENCH_DIR/c.txt" | median 3)
 
 # (a) warm: glimpse (cached now), nginx, Glance's cache; alternating.
 : >"$BENCH_DIR/a-glimpse.txt"
@@ -192,9 +157,9 @@ for _ in $(seq "$REPS"); do
 	many "$CLIENTS_WARM" "http://127.0.0.1:$NGINX_PORT/image.raw" | cut -d' ' -f1 >>"$BENCH_DIR/a-nginx.txt"
 	many "$CLIENTS_WARM" "$GLANCE/v2/images/$ID/file" | cut -d' ' -f1 >>"$BENCH_DIR/a-glance.txt"
 done
-AG=$(median <"$BENCH_DIR/a-glimpse.txt")
-AN=$(median <"$BENCH_DIR/a-nginx.txt")
-AL=$(median <"$BENCH_DIR/a-glance.txt")
+AG=$(median 3 <"$BENCH_DIR/a-glimpse.txt")
+AN=$(median 3 <"$BENCH_DIR/a-nginx.txt")
+AL=$(median 3 <"$BENCH_DIR/a-glance.txt")
 TOTAL=$((BYTES * CLIENTS_WARM))
 
 echo "load average after:  $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -55,32 +55,15 @@ BYTES=$((SIZE_MIB << 20))
 GSTATE=$BENCH_DIR/glance
 FILLED=$GSTATE/bench-filled # "N_IMAGES SECONDS DATE" once a fill succeeded
 
-die() { echo "bench-store: $*" >&2; exit 1; }
-log() { echo "bench-store: $*" >&2; }
-
-[ "$(id -u)" = 0 ] || die "must run as root (glance-server)"
-[ -x "$GLANCE_SERVER" ] || die "$GLANCE_SERVER is missing (../shared beside the repository)"
-command -v curl >/dev/null || die "curl not found"
+PROG=bench-store
+# shellcheck source=scripts/bench-lib.sh
+. "$ROOT/scripts/bench-lib.sh"
+bench_prereqs
 curl --help all 2>/dev/null | grep -q -- '--parallel-max' || die "curl is too old for --parallel (7.66 or later needed)"
-if ! command -v nginx >/dev/null; then
-	log "installing nginx-light"
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get install -y -qq --no-install-recommends nginx-light >/dev/null 2>&1 ||
-		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends nginx-light >/dev/null; } ||
-		die "cannot install nginx"
-fi
-if [ ! -x "$GLIMPSE" ]; then
-	log "building $GLIMPSE"
-	(cd "$ROOT" && go build -o "$GLIMPSE" ./cmd/glimpse)
-fi
 START=$(date +%s)
 mkdir -p "$BENCH_DIR/www"
 IMG=$BENCH_DIR/www/image.raw
-if [ ! -s "$IMG" ] || [ "$(stat -c %s "$IMG")" != "$BYTES" ]; then
-	log "making a $SIZE_MIB MiB image of random bytes (once)"
-	head -c "$BYTES" /dev/urandom >"$IMG.part"
-	mv "$IMG.part" "$IMG"
-fi
+random_image "$IMG" "$BYTES"
 
 GLIMPSE_PID=
 NGINX_PID=
@@ -109,24 +92,7 @@ log "starting glimpse (embedded store, --auth none) on $STORE"
 "$GLIMPSE" serve --listen "127.0.0.1:$GLIMPSE_PORT" --data-dir "$BENCH_DIR/glimpse-data" --auth none \
 	--log-level warn 2>"$BENCH_DIR/glimpse.log" &
 GLIMPSE_PID=$!
-cat >"$BENCH_DIR/nginx.conf" <<EOF
-worker_processes auto;
-daemon off;
-pid $BENCH_DIR/nginx.pid;
-error_log $BENCH_DIR/nginx-error.log;
-events { worker_connections 1024; }
-http {
-	access_log off;
-	sendfile on;
-	tcp_nopush on;
-	server {
-		listen 127.0.0.1:$NGINX_PORT;
-		root $BENCH_DIR/www;
-	}
-}
-EOF
-nginx -c "$BENCH_DIR/nginx.conf" -p "$BENCH_DIR" &
-NGINX_PID=$!
+start_nginx "$NGINX_PORT"
 for _ in $(seq 100); do
 	curl -sf "$STORE/healthcheck" >/dev/null 2>&1 && curl -sf -r 0-0 -o /dev/null "$NGINX/image.raw" 2>&1 && break
 	kill -0 "$GLIMPSE_PID" 2>/dev/null || break
@@ -178,7 +144,6 @@ seconds() {
 	t1=$(date +%s.%N)
 	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
 }
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.6f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 mbps() { awk -v b="$BYTES" -v s="$1" 'BEGIN { printf "%.0f", b / s / 1e6 }'; }
 # verdict GLIMPSE_SECONDS GLANCE_SECONDS: the speed ratio and ok/MISSED against 2.
 verdict() { awk -v g="$1" -v l="$2" 'BEGIN { r = l / g; printf "%.2f (target >= 2.00: %s)", r, (r >= 2 ? "ok" : "MISSED") }'; }
@@ -215,8 +180,8 @@ for r in $(seq "$REPS"); do
 		delete "$base" "$id"
 	done
 done
-UG=$(median <"$T/up-glimpse")
-UL=$(median <"$T/up-glance")
+UG=$(median 6 <"$T/up-glimpse")
+UL=$(median 6 <"$T/up-glance")
 
 # (2) download, alternating, after one checked warm-up download from each.
 WANT_MD5=$(md5sum <"$IMG" | cut -d' ' -f1)
@@ -244,9 +209,9 @@ for r in $(seq "$REPS"); do
 	download "$NGINX/image.raw" >>"$T/dl-nginx"
 	log "download rep $r: glimpse $(tail -1 "$T/dl-glimpse") s, Glance $(tail -1 "$T/dl-glance") s, nginx $(tail -1 "$T/dl-nginx") s"
 done
-DG=$(median <"$T/dl-glimpse")
-DL=$(median <"$T/dl-glance")
-DN=$(median <"$T/dl-nginx")
+DG=$(median 6 <"$T/dl-glimpse")
+DL=$(median 6 <"$T/dl-glance")
+DN=$(median 6 <"$T/dl-nginx")
 delete "$STORE" "$DL_GLIMPSE"
 delete "$GLANCE" "$DL_GLANCE"
 
@@ -317,8 +282,8 @@ for q in 0 1 2 3; do
 		lat "$STORE" "$qg" >>"$T/lat-glimpse"
 		lat "$GLANCE" "$ql" >>"$T/lat-glance"
 	done
-	lg=$(median <"$T/lat-glimpse")
-	ll=$(median <"$T/lat-glance")
+	lg=$(median 6 <"$T/lat-glimpse")
+	ll=$(median 6 <"$T/lat-glance")
 	LIST_LINES+=("$(awk -v g="$lg" -v l="$ll" -v name="${LABELS[$q]}" \
 		'BEGIN { printf "    %-34s glimpse %8.2f ms, Glance %8.2f ms, Glance / glimpse = %6.1f x", name, g * 1000, l * 1000, l / g }')")
 done
