@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # test-deps.sh: install what the tests need when it is missing, or fail loudly.
 # Tools: qemu-img and qemu-io (qemu-utils), genisoimage and xorriso (ISO fixtures), tar,
-# sfdisk and sgdisk (partition-table fixtures), cryptsetup (LUKS2 fixtures), Glance and its
-# CLI (store and proxy tests).
+# sfdisk and sgdisk (partition-table fixtures), cryptsetup (LUKS2 fixtures), 7z (p7zip-full:
+# a second, independent reader of what the writers produce), Glance and its CLI (store and
+# proxy tests).
 # apt-get update runs at most once per call, and only when something is missing.
 set -euo pipefail
 
@@ -16,6 +17,7 @@ command -v bzip2     >/dev/null || need+=(bzip2)
 command -v sfdisk    >/dev/null || need+=(fdisk)
 command -v sgdisk    >/dev/null || need+=(gdisk)
 command -v cryptsetup >/dev/null || need+=(cryptsetup-bin)
+command -v 7z        >/dev/null || need+=(p7zip-full)
 
 # The real Glance (glance-api) and its CLI (python3-glanceclient, a dependency of glance-api),
 # for the store and proxy tests: installed by ../shared/glance/glance-server, the way the tests
