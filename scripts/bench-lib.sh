@@ -20,7 +20,7 @@ bench_prereqs() {
 	fi
 	if [ ! -x "$GLIMPSE" ]; then
 		log "building $GLIMPSE"
-		(cd "$ROOT" && go build -o "$GLIMPSE" ./cmd/glimpse)
+		make -C "$ROOT" build BIN="$GLIMPSE" >&2
 	fi
 }
 

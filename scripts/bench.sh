@@ -59,7 +59,7 @@ if [ ! -x /usr/bin/time ]; then
 		die "cannot install the time package; install it and run make bench again"
 fi
 if [ ! -x "$GLIMPSE" ]; then
-	(cd "$ROOT" && go build -o "$GLIMPSE" ./cmd/glimpse)
+	make -C "$ROOT" build BIN="$GLIMPSE" >&2
 fi
 mkdir -p "$BENCH_DIR"
 DISK=$BENCH_DIR/disk.raw
@@ -332,8 +332,10 @@ fi
 
 if part info; then
 echo
-echo "info ($INFO_REPS runs each, total wall seconds)"
-printf "%-12s %10s %10s %7s\n" source qemu-img/s glimpse/s ratio
+echo "info ($INFO_REPS runs each, total wall seconds; faults: minor page faults of one run, which"
+echo "is what a short run's time is made of on a VM where each costs 10-20 microseconds)"
+printf "%-12s %10s %10s %7s %12s %12s\n" source qemu-img/s glimpse/s ratio "qemu faults" "glim faults"
+faults() { /usr/bin/time -f %R -o "$TIMES" "$@" >/dev/null && cat "$TIMES"; }
 for s in $SOURCES; do
 	p=$(src_path "$s")
 	f=$(src_format "$s")
@@ -342,8 +344,22 @@ for s in $SOURCES; do
 	q1=$(date +%s.%N)
 	for _ in $(seq "$INFO_REPS"); do "$GLIMPSE" info -f "$f" "$p" >/dev/null; done
 	g1=$(date +%s.%N)
-	awk -v s="$s" -v a="$q0" -v b="$q1" -v c="$g1" 'BEGIN { q = b - a; g = c - b; printf "%-12s %10.3f %10.3f %7.2f\n", s, q, g, g / q }'
+	qf=$(faults qemu-img info -f "$f" "$p")
+	gf=$(faults "$GLIMPSE" info -f "$f" "$p")
+	awk -v s="$s" -v a="$q0" -v b="$q1" -v c="$g1" -v qf="$qf" -v gf="$gf" 'BEGIN { q = b - a; g = c - b; printf "%-12s %10.3f %10.3f %7.2f %12d %12d\n", s, q, g, g / q, qf, gf }'
 done
+# The floor of any Go program here: the runtime alone, a program that prints one line.
+hello=$BENCH_DIR/hello
+if [ ! -x "$hello" ]; then
+	mkdir -p "$hello.src"
+	printf 'module hello\n\ngo 1.21\n' >"$hello.src/go.mod"
+	printf 'package main\n\nimport "os"\n\nfunc main() { os.Stdout.WriteString("hello\\n") }\n' >"$hello.src/main.go"
+	(cd "$hello.src" && CGO_ENABLED=0 go build -o "$hello" .) || die "cannot build the Go baseline"
+fi
+h0=$(date +%s.%N)
+for _ in $(seq "$INFO_REPS"); do "$hello" >/dev/null; done
+h1=$(date +%s.%N)
+awk -v a="$h0" -v b="$h1" -v hf="$(faults "$hello")" 'BEGIN { printf "%-12s %10s %10.3f %7s %12s %12d   (Go runtime floor: a program printing one line)\n", "go-hello", "-", b - a, "-", "-", hf }'
 
 fi # info
 
