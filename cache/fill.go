@@ -137,7 +137,7 @@ func (f *fill) download() (string, error) {
 				v.put(buf)
 				return ReasonSize, fmt.Errorf("image %s: the upstream sent more than its size, %d bytes", f.meta.ID, size)
 			}
-			if _, werr := f.tmp.Write(buf[:k]); werr != nil {
+			if _, werr := writeback.Write(f.tmp, buf[:k]); werr != nil {
 				v.put(buf)
 				return ReasonDisk, &diskError{werr}
 			}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"syscall"
+
+	"glimpse/internal/writeback"
 )
 
 // q2Space hands out the host space of a qcow2 image being written front to back. Every
@@ -164,7 +166,7 @@ func (s *q2Space) write(off int64, p []byte) error {
 		if err := s.preallocate(off + int64(len(p))); err != nil {
 			return err
 		}
-		if _, err := s.out.wa.WriteAt(p, off); err != nil {
+		if _, err := writeback.WriteAt(s.out.wa, p, off); err != nil {
 			return writeError(s.out.name, fmt.Sprintf("writing %d bytes at offset %d", len(p), off), err)
 		}
 		s.bufOff = off + int64(len(p))
@@ -214,7 +216,7 @@ func (s *q2Space) flush() error {
 	if err := s.preallocate(s.bufOff + int64(len(s.buf))); err != nil {
 		return err
 	}
-	if _, err := s.out.wa.WriteAt(s.buf, s.bufOff); err != nil {
+	if _, err := writeback.WriteAt(s.out.wa, s.buf, s.bufOff); err != nil {
 		return writeError(s.out.name, fmt.Sprintf("writing %d bytes at offset %d", len(s.buf), s.bufOff), err)
 	}
 	s.bufOff += int64(len(s.buf))

@@ -8,6 +8,8 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zlib"
+
+	"glimpse/internal/writeback"
 )
 
 // vmdkDeflateLevel is the zlib level of streamOptimized grains. qemu uses zlib's default
@@ -84,7 +86,7 @@ type vmdkStdout struct {
 }
 
 func (s *vmdkStdout) Write(p []byte) (int, error) {
-	n, err := s.w.Write(p)
+	n, err := writeback.Write(s.w, p)
 	s.off += int64(n)
 	if err == nil && n < len(p) {
 		err = io.ErrShortWrite

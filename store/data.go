@@ -196,7 +196,7 @@ func (s *Store) receive(ctx context.Context, rec *record, body io.Reader) (*rece
 				stream.Abort()
 				return nil, api.Errorf(http.StatusRequestEntityTooLarge, "The incoming image is too large: more than the limit of %d bytes.", s.maxSize)
 			}
-			if _, err := f.Write(chunk); err != nil {
+			if _, err := writeback.Write(f, chunk); err != nil {
 				stream.Abort()
 				return nil, fmt.Errorf("writing %s: %w", tmp, err)
 			}
