@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"glimpse/api"
@@ -25,8 +26,9 @@ import (
 // uploadChunk is the unit an upload is read, hashed and written in; hashPiece is what a
 // hash is given at once.
 const (
-	uploadChunk = 1 << 20
-	hashPiece   = 64 << 10
+	uploadChunk   = 1 << 20
+	uploadBuffers = 8 // per upload in progress: 8 MiB
+	hashPiece     = 64 << 10
 )
 
 // inspectFormat is the format an upload is inspected as: the declared disk_format, or OVA
@@ -170,25 +172,35 @@ func (s *Store) receive(ctx context.Context, rec *record, body io.Reader) (*rece
 		}
 	}()
 
-	hashers := []*hashWorker{newHashWorker(md5.New()), newHashWorker(sha512.New())}
+	// Chunks flow through a ring of uploadBuffers buffers: the MD5 and SHA-512 goroutines
+	// each work through the queue at their own pace while this one reads the next chunks,
+	// writes them and inspects them; a buffer is reused once both hashes have taken it.
+	// Two buffers kept every goroutine waiting for the slowest at every chunk.
+	hashers := [2]*hashWorker{newHashWorker(md5.New()), newHashWorker(sha512.New())}
+	free := make(chan *upBuf, uploadBuffers)
+	for range uploadBuffers {
+		// Aligned: writes bypass the page cache (see writeback.Direct); the data is fsynced
+		// before the image turns active, and copying it into the page cache first cost as
+		// much CPU as its MD5.
+		free <- &upBuf{b: writeback.AlignedBuffer(uploadChunk), free: free}
+	}
 	defer func() {
 		for _, h := range hashers {
 			h.stop()
 		}
 	}()
-	bufs := [2][]byte{make([]byte, uploadChunk), make([]byte, uploadChunk)}
-	cur := 0
+	out := writeback.NewDirect(f)
 	var size int64
 	pacer := writeback.NewPacer(f)
 	for {
-		n, rerr := io.ReadFull(body, bufs[cur])
+		ub := <-free
+		n, rerr := io.ReadFull(body, ub.b)
 		if n > 0 {
+			chunk := ub.b[:n]
+			ub.n = n
+			ub.pending.Store(int32(len(hashers)))
 			for _, h := range hashers {
-				h.wait() // the hashers are done with the other buffer
-			}
-			chunk := bufs[cur][:n]
-			for _, h := range hashers {
-				h.feed(chunk)
+				h.in <- ub
 			}
 			size += int64(n)
 			s.m.uploadBytes.Add(float64(n))
@@ -196,7 +208,7 @@ func (s *Store) receive(ctx context.Context, rec *record, body io.Reader) (*rece
 				stream.Abort()
 				return nil, api.Errorf(http.StatusRequestEntityTooLarge, "The incoming image is too large: more than the limit of %d bytes.", s.maxSize)
 			}
-			if _, err := writeback.Write(f, chunk); err != nil {
+			if _, err := out.Write(chunk); err != nil {
 				stream.Abort()
 				return nil, fmt.Errorf("writing %s: %w", tmp, err)
 			}
@@ -205,8 +217,8 @@ func (s *Store) receive(ctx context.Context, rec *record, body io.Reader) (*rece
 				// Decided before the end: stop reading.
 				return nil, refusal(s.policy, stream.Abort())
 			}
-			// The next read goes into the other buffer while the hashers work on this one.
-			cur = 1 - cur
+		} else {
+			free <- ub
 		}
 		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
 			break
@@ -217,7 +229,7 @@ func (s *Store) receive(ctx context.Context, rec *record, body io.Reader) (*rece
 		}
 	}
 	for _, h := range hashers {
-		h.wait()
+		h.stop() // waits for the queue to drain
 	}
 	verdict := stream.Close()
 	if e := refusal(s.policy, verdict); e != nil {
@@ -262,47 +274,54 @@ func refusal(p inspect.Policy, v inspect.Verdict) *api.APIError {
 	return api.Errorf(http.StatusBadRequest, "Image data refused by inspection: %s", strings.Join(parts, "; "))
 }
 
-// hashWorker hashes chunks on a goroutine of its own.
+// upBuf is one buffer of an upload's ring; the hashers hand it back to free when both are
+// done with it.
+type upBuf struct {
+	b       []byte
+	n       int // bytes of b in use
+	free    chan<- *upBuf
+	pending atomic.Int32
+}
+
+func (u *upBuf) release() {
+	if u.pending.Add(-1) == 0 {
+		u.free <- u // never blocks: free has room for every buffer
+	}
+}
+
+// hashWorker hashes the chunks queued to it on a goroutine of its own.
 type hashWorker struct {
 	h    hash.Hash
-	in   chan []byte
+	in   chan *upBuf
 	done chan struct{}
-	busy bool
 	once sync.Once
 }
 
 func newHashWorker(h hash.Hash) *hashWorker {
-	w := &hashWorker{h: h, in: make(chan []byte), done: make(chan struct{})}
+	w := &hashWorker{h: h, in: make(chan *upBuf, uploadBuffers), done: make(chan struct{})}
 	go func() {
-		for b := range w.in {
+		defer close(w.done)
+		for u := range w.in {
 			// In pieces: the hashes' assembly cannot be preempted, and a goroutine
 			// hashing a whole chunk in one call makes every GC spin waiting for it.
-			for len(b) > 0 {
+			for b := u.b[:u.n]; len(b) > 0; {
 				n := min(len(b), hashPiece)
 				w.h.Write(b[:n])
 				b = b[n:]
 			}
-			w.done <- struct{}{}
+			u.release()
 		}
 	}()
 	return w
 }
 
-func (w *hashWorker) feed(b []byte) { w.in <- b; w.busy = true }
-
-func (w *hashWorker) wait() {
-	if w.busy {
-		<-w.done
-		w.busy = false
-	}
-}
-
 func (w *hashWorker) sum() []byte { return w.h.Sum(nil) }
 
+// stop closes the queue and waits until everything queued has been hashed.
 func (w *hashWorker) stop() {
 	w.once.Do(func() {
-		w.wait()
 		close(w.in)
+		<-w.done
 	})
 }
 
