@@ -33,6 +33,18 @@ random_image() {
 	fi
 }
 
+# stop_pids PID...: kills and reaps each (empty ones skipped) and never fails: under set -e a
+# failing `wait` (a killed process's status is 143) would end an EXIT trap before the rest
+# of the clean-up ran, leaving nginx and Glance running after the script.
+stop_pids() {
+	local pid
+	for pid in "$@"; do
+		[ -n "$pid" ] || continue
+		kill "$pid" 2>/dev/null || continue
+		wait "$pid" 2>/dev/null || true
+	done
+}
+
 # start_nginx PORT: nginx (sendfile on) serving $BENCH_DIR/www on 127.0.0.1:PORT in the
 # background; its pid goes to NGINX_PID.
 start_nginx() {

@@ -48,8 +48,7 @@ random_image "$IMG" $((SIZE_MIB << 20))
 GLIMPSE_PID=
 NGINX_PID=
 cleanup() {
-	[ -n "$GLIMPSE_PID" ] && kill "$GLIMPSE_PID" 2>/dev/null && wait "$GLIMPSE_PID" 2>/dev/null
-	[ -n "$NGINX_PID" ] && kill "$NGINX_PID" 2>/dev/null && wait "$NGINX_PID" 2>/dev/null
+	stop_pids "$GLIMPSE_PID" "$NGINX_PID"
 	"$GLANCE_SERVER" stop "$BENCH_DIR/glance" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT

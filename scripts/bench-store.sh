@@ -8,11 +8,13 @@
 #       no rep pays for the previous one's dirty pages). Target: glimpse >= 2 x Glance's MB/s.
 #       For scale: how long md5sum and sha512sum take on the image (both servers compute
 #       both hashes of every upload), and how long dd takes to write it to BENCH_DIR's disk
-#       with fdatasync (glimpse fsyncs an upload before it answers; Glance does not).
+#       (O_DIRECT, 1 MiB writes, as glimpse writes uploads) with fdatasync (glimpse fsyncs an
+#       upload before it answers; Glance does not).
 #   (2) download: GET /v2/images/{id}/file of that image to /dev/null, page cache warm (one
 #       warm-up download first, piped through md5sum and checked against the file and the
 #       image's checksum). Target: glimpse >= 2 x Glance's MB/s. For scale: nginx (sendfile)
-#       serving the same file to the same client, what curl can take here.
+#       serving the same file to the same client, and the ceiling: a Go server sending the
+#       bytes from memory, with no file at all, i.e. what curl can take over loopback here.
 #   (3) list: N_IMAGES (10000) images created (metadata only) in each over HTTP, FILL_PAR (8)
 #       requests in flight (curl --parallel: one process, keep-alive), the time taken reported;
 #       then the median latency of LIST_CALLS (20) calls of each of: GET /v2/images (default
@@ -65,11 +67,49 @@ mkdir -p "$BENCH_DIR/www"
 IMG=$BENCH_DIR/www/image.raw
 random_image "$IMG" "$BYTES"
 
+# The download ceiling: a Go server that sends SIZE_MIB MiB from memory (no file, no hash,
+# no database), as fast as curl takes bytes over loopback on this machine.
+MEMSRV=$BENCH_DIR/memserve
+if [ ! -x "$MEMSRV" ]; then
+	mkdir -p "$MEMSRV.src"
+	printf 'module memserve\n\ngo 1.21\n' >"$MEMSRV.src/go.mod"
+	cat >"$MEMSRV.src/main.go" <<'GO'
+// memserve ADDR BYTES: answers every GET with BYTES bytes sent from a 1 MiB buffer.
+package main
+
+import (
+	"net/http"
+	"os"
+	"strconv"
+)
+
+func main() {
+	n, _ := strconv.ParseInt(os.Args[2], 10, 64)
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = byte(i * 13)
+	}
+	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		for left := n; left > 0; left -= int64(len(buf)) {
+			if _, err := w.Write(buf[:min(left, int64(len(buf)))]); err != nil {
+				return
+			}
+		}
+	})
+	http.ListenAndServe(os.Args[1], nil)
+}
+GO
+	(cd "$MEMSRV.src" && CGO_ENABLED=0 go build -o "$MEMSRV" .) || die "cannot build the in-memory server"
+fi
+MEM_PORT=$((PORT_BASE + 4))
+MEM=http://127.0.0.1:$MEM_PORT
+
 GLIMPSE_PID=
 NGINX_PID=
+MEM_PID=
 cleanup() {
-	[ -n "$GLIMPSE_PID" ] && kill "$GLIMPSE_PID" 2>/dev/null && wait "$GLIMPSE_PID" 2>/dev/null
-	[ -n "$NGINX_PID" ] && kill "$NGINX_PID" 2>/dev/null && wait "$NGINX_PID" 2>/dev/null
+	stop_pids "$GLIMPSE_PID" "$MEM_PID" "$NGINX_PID"
 	"$GLANCE_SERVER" stop "$GSTATE" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -92,9 +132,12 @@ log "starting glimpse (embedded store, --auth none) on $STORE"
 "$GLIMPSE" serve --listen "127.0.0.1:$GLIMPSE_PORT" --data-dir "$BENCH_DIR/glimpse-data" --auth none \
 	--log-level warn 2>"$BENCH_DIR/glimpse.log" &
 GLIMPSE_PID=$!
+"$MEMSRV" "127.0.0.1:$MEM_PORT" "$BYTES" &
+MEM_PID=$!
 start_nginx "$NGINX_PORT"
 for _ in $(seq 100); do
-	curl -sf "$STORE/healthcheck" >/dev/null 2>&1 && curl -sf -r 0-0 -o /dev/null "$NGINX/image.raw" 2>&1 && break
+	curl -sf "$STORE/healthcheck" >/dev/null 2>&1 && curl -sf -r 0-0 -o /dev/null "$NGINX/image.raw" 2>&1 &&
+		curl -sf -I "$MEM/" >/dev/null 2>&1 && break
 	kill -0 "$GLIMPSE_PID" 2>/dev/null || break
 	sleep 0.1
 done
@@ -166,7 +209,7 @@ cat "$IMG" >/dev/null # the source in the page cache
 MD5_S=$(seconds md5sum "$IMG")
 SHA512_S=$(seconds sha512sum "$IMG")
 sync
-DISK_S=$(seconds dd if="$IMG" of="$BENCH_DIR/dd.tmp" bs=1M conv=fdatasync status=none)
+DISK_S=$(seconds dd if="$IMG" of="$BENCH_DIR/dd.tmp" bs=1M oflag=direct conv=fdatasync status=none)
 rm -f "$BENCH_DIR/dd.tmp"
 : >"$T/up-glimpse"
 : >"$T/up-glance"
@@ -203,7 +246,9 @@ download "$NGINX/image.raw" >/dev/null
 : >"$T/dl-glimpse"
 : >"$T/dl-glance"
 : >"$T/dl-nginx"
+: >"$T/dl-mem"
 for r in $(seq "$REPS"); do
+	download "$MEM/" >>"$T/dl-mem"
 	download "$STORE/v2/images/$DL_GLIMPSE/file" >>"$T/dl-glimpse"
 	download "$GLANCE/v2/images/$DL_GLANCE/file" >>"$T/dl-glance"
 	download "$NGINX/image.raw" >>"$T/dl-nginx"
@@ -212,6 +257,7 @@ done
 DG=$(median 6 <"$T/dl-glimpse")
 DL=$(median 6 <"$T/dl-glance")
 DN=$(median 6 <"$T/dl-nginx")
+DM=$(median 6 <"$T/dl-mem")
 delete "$STORE" "$DL_GLIMPSE"
 delete "$GLANCE" "$DL_GLANCE"
 
@@ -304,7 +350,7 @@ printf "(1) upload, %d MiB, median of %d: glimpse %s MB/s (%.3f s), Glance %s MB
 echo "    glimpse / Glance = $(verdict "$UG" "$UL")"
 printf "    for scale: md5sum of the image %.2f s (%s MB/s), sha512sum %.2f s (%s MB/s) (both servers compute both)\n" \
 	"$MD5_S" "$(mbps "$MD5_S")" "$SHA512_S" "$(mbps "$SHA512_S")"
-printf "    for scale: dd of the image into BENCH_DIR with fdatasync %.2f s (%s MB/s): glimpse answers an upload\n" \
+printf "    for scale: dd of the image into BENCH_DIR (O_DIRECT, as glimpse writes uploads) with fdatasync %.2f s (%s MB/s): glimpse answers an upload\n" \
 	"$DISK_S" "$(mbps "$DISK_S")"
 echo "    only once the data is on disk (fsync), Glance's file store leaves it in the page cache"
 printf "(2) download, %d MiB, warm, median of %d: glimpse %s MB/s (%.3f s), Glance %s MB/s (%.3f s)\n" "$SIZE_MIB" "$REPS" \
@@ -312,6 +358,9 @@ printf "(2) download, %d MiB, warm, median of %d: glimpse %s MB/s (%.3f s), Glan
 echo "    glimpse / Glance = $(verdict "$DG" "$DL")"
 awk -v g="$DG" -v n="$DN" -v m="$(mbps "$DN")" 'BEGIN {
 	printf "    for scale: nginx (sendfile) serving the same file to curl %s MB/s (%.3f s), glimpse / nginx = %.2f\n", m, n, n / g }'
+awk -v d="$DM" -v m="$(mbps "$DM")" -v l="$(mbps "$DL")" 'BEGIN {
+	printf "    ceiling: a Go server sending the bytes from memory (no file at all) %s MB/s (%.3f s): the most curl takes\n", m, d
+	printf "    over loopback here; 2 x Glance would be %d MB/s\n", 2 * l }'
 awk -v n="$N_IMAGES" -v p="$FILL_PAR" -v g="$FILL_GLIMPSE" -v l="$FILL_GLANCE" -v note="$FILL_NOTE" 'BEGIN {
 	printf "(3) creating %d images over HTTP, %d in flight: glimpse %.1f s (%.0f/s), Glance %.1f s (%.0f/s)%s\n", n, p, g, n / g, l, n / l, note }'
 echo "    list latency with $N_IMAGES images, median of $LIST_CALLS calls:"
