@@ -41,6 +41,10 @@ type fakeImage struct {
 	served   []byte        // what the data endpoint sends (data unless a test mangles it)
 	hold     chan struct{} // when set, whole downloads send half and wait for it to close
 	truncate bool          // whole downloads announce the full length, send half, hang up
+
+	// This image's share of uploads and completed (under fakeGlance.mu): an upstream request
+	// the proxy broke off may still be arriving while a test's next upload starts.
+	uploads, completed int
 }
 
 func newFakeGlance(t *testing.T) *fakeGlance {
@@ -171,6 +175,9 @@ func (g *fakeGlance) upload(w http.ResponseWriter, r *http.Request) {
 		notFound(w, r)
 		return
 	}
+	g.mu.Lock()
+	img.uploads++
+	g.mu.Unlock()
 	data, err := io.ReadAll(r.Body)
 	if err != nil || (r.ContentLength >= 0 && int64(len(data)) != r.ContentLength) {
 		return // a broken upload: the image stays queued
@@ -181,6 +188,7 @@ func (g *fakeGlance) upload(w http.ResponseWriter, r *http.Request) {
 	size := int64(len(data))
 	sum, hv, algo := hex.EncodeToString(m[:]), hex.EncodeToString(s[:]), "sha512"
 	g.mu.Lock()
+	img.completed++
 	img.data, img.served = data, data
 	img.Status, img.Size, img.Checksum, img.OSHashAlgo, img.OSHashValue = api.StatusActive, &size, &sum, &algo, &hv
 	g.mu.Unlock()

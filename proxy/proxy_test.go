@@ -388,7 +388,6 @@ func TestUploadsInspected(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			id := strings.ReplaceAll(tc.name, " ", "-")
 			r.g.addQueued(id, "pa", tc.declared)
-			uploads, completed := r.g.uploads.Load(), r.g.completed.Load()
 			f, err := os.Open(tc.file)
 			if err != nil {
 				t.Fatal(err)
@@ -410,21 +409,23 @@ func TestUploadsInspected(t *testing.T) {
 			if resp.StatusCode != tc.code {
 				t.Fatalf("%d %s", resp.StatusCode, b)
 			}
+			r.g.mu.Lock()
+			img := *r.g.images[id]
+			r.g.mu.Unlock()
 			if tc.code == 400 {
 				if !strings.Contains(string(b), `"code":"400 Bad Request"`) || !strings.Contains(string(b), tc.finding) {
 					t.Fatalf("body %s", b)
 				}
-				if r.g.completed.Load() != completed {
+				if img.completed != 0 {
 					t.Fatal("the upstream received a complete body of a refused upload")
 				}
-				r.g.mu.Lock()
-				status := r.g.images[id].Status
-				r.g.mu.Unlock()
-				if status != "queued" {
-					t.Fatalf("refused image is %s", status)
+				if img.Status != "queued" {
+					t.Fatalf("refused image is %s", img.Status)
 				}
-			} else if r.g.completed.Load() != completed+1 || r.g.uploads.Load() != uploads+1 {
-				t.Fatal("an accepted upload did not reach the upstream whole")
+			} else if want, err := os.ReadFile(tc.file); err != nil {
+				t.Fatal(err)
+			} else if img.uploads != 1 || img.completed != 1 || !bytes.Equal(img.data, want) {
+				t.Fatalf("an accepted upload did not reach the upstream whole: %d requests, %d complete, %d of %d bytes", img.uploads, img.completed, len(img.data), len(want))
 			}
 		})
 	}

@@ -45,6 +45,12 @@ func Run(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	Need(t, name)
 	out, err := Output(name, args...)
+	// qemu-img creating a LUKS header times PBKDF2 by the thread's CPU time and gives up when
+	// that did not move ("Unable to get accurate CPU usage"), which happens now and then
+	// where CPU time is accounted in scheduler ticks (the CI VM): try again a few times.
+	for try := 0; try < 5 && err != nil && strings.Contains(err.Error(), "Unable to get accurate CPU usage"); try++ {
+		out, err = Output(name, args...)
+	}
 	if err != nil {
 		t.Fatalf("%s %s: %v", name, strings.Join(args, " "), err)
 	}
