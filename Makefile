@@ -6,7 +6,7 @@ LDFLAGS  := -X main.version=$(VERSION)
 # A static binary (glimpse needs no cgo: without it there is no dynamic loader or libc to set
 # up) without urfave/cli's man and markdown generators (never used; their package init builds
 # tables on every run). Together they take a fifth off every CLI run's start-up: `glimpse info`
-# touches 690 pages instead of 855 before main (each page fault costs ~18 us on the benchmark VM).
+# takes about 705 page faults instead of 855 (each costs ~18 us on the benchmark VM).
 BUILDENV := CGO_ENABLED=0
 BUILDFLAGS := -trimpath -tags urfave_cli_no_docs
 FUZZTIME ?= 20s

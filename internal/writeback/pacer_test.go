@@ -35,11 +35,10 @@ type pieceRecorder struct {
 }
 
 func (r *pieceRecorder) call(off int64, n int) (int, error) {
-	if len(r.calls) == r.failAt {
-		r.calls = append(r.calls, [2]int64{off, int64(n)})
+	r.calls = append(r.calls, [2]int64{off, int64(n)})
+	if len(r.calls)-1 == r.failAt {
 		return n / 2, os.ErrClosed
 	}
-	r.calls = append(r.calls, [2]int64{off, int64(n)})
 	return n, nil
 }
 func (r *pieceRecorder) WriteAt(b []byte, off int64) (int, error) { return r.call(off, len(b)) }

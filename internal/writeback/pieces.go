@@ -8,9 +8,9 @@ import "io"
 // Buffered writes cost more per byte the larger each call is on the benchmark VM (Linux
 // 6.18, ext4, a paravirtualised guest): writing 850 MiB with dd into a fresh file takes 0.13 s
 // of system time in 128 KiB writes, 0.40 s in 256 KiB, 0.85 s in 512 KiB, 1.15 s in 1 MiB and
-// 2.5 s in 2 MiB, run after run. The kernel sizes page-cache folios after the write, and
-// there large contiguous allocations are slow; raw→vdi conversions (1 MiB blocks) took 1.5 s
-// instead of 0.25 s. Elsewhere 128 KiB pieces cost nothing measurable: the system-call cost
+// 2.5 s in 2 MiB, run after run (likely because the kernel sizes page-cache folios after the
+// write, and large contiguous allocations are slow there; not proven). raw→vdi conversions
+// (1 MiB blocks) took 1.5 s instead of 0.25 s. Elsewhere 128 KiB pieces cost nothing measurable: the system-call cost
 // is far below copying the bytes.
 const Piece = 128 << 10
 
