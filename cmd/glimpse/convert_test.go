@@ -51,16 +51,23 @@ const cliSize = 6<<20 + 3*512
 // cliBase writes a sparse raw disk with data in a few odd places.
 func cliBase(t *testing.T, path string, seed uint64) {
 	t.Helper()
+	sparseDisk(t, path, cliSize, seed, [][2]int64{{0, 512}, {64<<10 - 1000, 3000}, {1 << 20, 700 << 10}, {4<<20 + 12345, 5000}, {cliSize - 512, 512}})
+}
+
+// sparseDisk writes a sparse raw disk of size bytes holding random bytes (from seed) in each
+// {offset, length} range and zeros (holes) elsewhere.
+func sparseDisk(t *testing.T, path string, size int64, seed uint64, ranges [][2]int64) {
+	t.Helper()
 	f, err := os.Create(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if err := f.Truncate(cliSize); err != nil {
+	if err := f.Truncate(size); err != nil {
 		t.Fatal(err)
 	}
 	rng := rand.New(rand.NewPCG(seed, 7))
-	for _, r := range [][2]int64{{0, 512}, {64<<10 - 1000, 3000}, {1 << 20, 700 << 10}, {4<<20 + 12345, 5000}, {cliSize - 512, 512}} {
+	for _, r := range ranges {
 		b := make([]byte, r[1])
 		for i := range b {
 			b[i] = byte(rng.Uint32())
@@ -68,6 +75,9 @@ func cliBase(t *testing.T, path string, seed uint64) {
 		if _, err := f.WriteAt(b, r[0]); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -3,7 +3,6 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -314,26 +313,7 @@ func TestConvertCLISevenZip(t *testing.T) {
 	dir := t.TempDir()
 	base := filepath.Join(dir, "base.raw")
 	const size = 100<<20 + 3*4096
-	f, err := os.Create(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	rng := rand.New(rand.NewPCG(7, 7))
-	for _, r := range [][2]int64{{0, 4096}, {1<<20 - 100, 200}, {32<<20 - 3000, 70000}, {64<<20 + 512, 3 << 20}, {size - 5000, 5000}} {
-		b := make([]byte, r[1])
-		for i := range b {
-			b[i] = byte(rng.Uint32())
-		}
-		if _, err := f.WriteAt(b, r[0]); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
+	sparseDisk(t, base, size, 7, [][2]int64{{0, 4096}, {1<<20 - 100, 200}, {32<<20 - 3000, 70000}, {64<<20 + 512, 3 << 20}, {size - 5000, 5000}})
 	for _, tg := range cliTargets {
 		switch tg.name {
 		case "vhd-fixed", "qcow2-zstd", "raw":
