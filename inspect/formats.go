@@ -250,6 +250,7 @@ func OpenFile(name string, opt OpenOptions) (Image, error) {
 		f.Close()
 		return nil, fmt.Errorf("%s: is a directory", name)
 	}
+	adviseSequential(f)
 	if opt.Name == "" {
 		opt.Name = name
 	}
