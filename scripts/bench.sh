@@ -20,7 +20,8 @@
 # GLIMPSE (default bin/glimpse, built when missing), BENCH_SOURCES (a subset of the read and
 # info sources, e.g. "qcow2 vdi"), BENCH_WRITES (a subset of the write rows, e.g.
 # "qcow2 vdi"), BENCH_VERBOSE=1 (also print every write run's wall time), BENCH_CACHE=warm
-# (do not drop the page cache), BENCH_GO=0 to skip the Go benchmarks of the pipeline (as
+# (do not drop the page cache), BENCH_SETTLE (seconds between a cache drop and the run, 4),
+# BENCH_GO=0 to skip the Go benchmarks of the pipeline (as
 # BENCH_PARTS without go).
 #   BENCH_PARTS=write WRITE_REPS=1 scripts/bench.sh     # a quick pass over the write side
 set -euo pipefail
@@ -122,10 +123,21 @@ DROP=no
 if [ "${BENCH_CACHE:-cold}" = cold ] && [ -w /proc/sys/vm/drop_caches ] && sync && echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then
 	DROP=yes
 fi
+# After the drop, wait $BENCH_SETTLE seconds (default 4) before the run. On a VM with free
+# page reporting (virtio-balloon), the guest hands the pages the drop freed back to the host
+# about 2 s later, and a run that starts before that reuses pages the host still backs: on the
+# benchmark VM a cold vhd -> raw took 0.37-0.45 s for glimpse and 0.41-0.48 s for qemu-img in
+# such a run, and 1.3-1.5 s against 2.7-4.1 s in a settled one (the kernel then reads the
+# source into pages the host must fault in: dd alone 1.7-2.3 s instead of 0.3 s). Without the
+# wait each run lands in one state or the other by a race, and medians swing 2-3x between runs.
+# BENCH_SETTLE=0 restores the race, and then the fastest-run columns show what the tools do
+# when they win it.
+SETTLE=${BENCH_SETTLE:-4}
 cold() {
 	if [ "$DROP" = yes ]; then
 		sync
 		echo 3 >/proc/sys/vm/drop_caches
+		sleep "$SETTLE"
 		qemu-img --version >/dev/null
 		"$GLIMPSE" --version >/dev/null
 	fi
@@ -282,8 +294,8 @@ else
 	echo "page cache NOT dropped (not root, or BENCH_CACHE=warm): both tools warmed once, then median of $REPS runs each, alternating"
 fi
 echo "convert -O raw (targets: ratio <= 0.80, glimpse peak RSS < 64 MiB)"
-echo "(best: the fastest run of each tool and their ratio, beside the medians the verdict is on: runs here"
-echo " swing 2-3x when the kernel is slow to hand out page-cache pages for the output, for both tools)"
+echo "(best: the fastest run of each tool and their ratio, beside the medians the verdict is on;"
+echo " every run waits ${SETTLE} s after the drop, see BENCH_SETTLE in this script)"
 printf "%-12s %7s %7s %10s %10s %7s %14s %12s %12s %9s %9s  %s\n" source read/s copy/s qemu-img/s glimpse/s ratio "best g/q" "glimpse RSS" "qemu RSS" "qemu CPU" "glim CPU" verdict
 for s in $SOURCES; do
 	p=$(src_path "$s")
