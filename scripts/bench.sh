@@ -123,9 +123,10 @@ DROP=no
 if [ "${BENCH_CACHE:-cold}" = cold ] && [ -w /proc/sys/vm/drop_caches ] && sync && echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then
 	DROP=yes
 fi
-# After the drop, wait $BENCH_SETTLE seconds (default 4) before the run. On a VM with free
-# page reporting (virtio-balloon), the guest hands the pages the drop freed back to the host
-# about 2 s later, and a run that starts before that reuses pages the host still backs: on the
+# After the drop, wait $BENCH_SETTLE seconds (default 4) before the run. A run that starts
+# right after the drop may reuse pages the host still backs; a run that starts later finds
+# them handed back (most likely free page reporting, virtio-balloon: the kernel reports freed
+# pages after a 2 s delay; measured here: 0 s and 4 s waits, not the mechanism itself). On the
 # benchmark VM a cold vhd -> raw took 0.37-0.45 s for glimpse and 0.41-0.48 s for qemu-img in
 # such a run, and 1.3-1.5 s against 2.7-4.1 s in a settled one (the kernel then reads the
 # source into pages the host must fault in: dd alone 1.7-2.3 s instead of 0.3 s). Without the
