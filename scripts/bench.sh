@@ -16,7 +16,7 @@
 # `qemu-img info`.
 #
 # Environment: BENCH_DIR (default /var/tmp/glimpse-bench), BENCH_PARTS (the parts to run,
-# default "read write info go"), REPS (9, read), WRITE_REPS (3, write), INFO_REPS (40),
+# default "read write info go"), REPS (5, read), WRITE_REPS (3, write), INFO_REPS (40),
 # GLIMPSE (default bin/glimpse, built when missing), BENCH_SOURCES (a subset of the read and
 # info sources, e.g. "qcow2 vdi"), BENCH_WRITES (a subset of the write rows, e.g.
 # "qcow2 vdi"), BENCH_VERBOSE=1 (also print every write run's wall time), BENCH_CACHE=warm
@@ -28,7 +28,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH_DIR=${BENCH_DIR:-/var/tmp/glimpse-bench}
-REPS=${REPS:-9}
+REPS=${REPS:-5}
 INFO_REPS=${INFO_REPS:-40}
 GLIMPSE=${GLIMPSE:-$ROOT/bin/glimpse}
 MAKE_DISK=$ROOT/../shared/bench/make-disk
