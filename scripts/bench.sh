@@ -8,10 +8,10 @@
 # taken; peak RSS and CPU time (user + system, median) come from /usr/bin/time -v. CPU time
 # says what wall time cannot on a busy machine. Beside them: each tool's fastest run, and two
 # floors timed in the same loop, dd reading the source and cp copying it (read it, write its
-# bytes to a file, all in the kernel), which no converter of an uncompressed source can beat. Then the write side: from the same raw disk
-# (and its qcow2), `glimpse convert -O FMT` beside `qemu-img convert -O FMT` with its default
-# flags and with its fastest (-W -m 2), $WRITE_REPS runs each, rotating which tool goes
-# first; each glimpse output is checked once, untimed, with `qemu-img compare` against the
+# bytes to a file, all in the kernel), which no converter of an uncompressed source can beat.
+# Then the write side: from the same raw disk (and its qcow2), `glimpse convert -O FMT`
+# beside `qemu-img convert -O FMT` with its default flags and with its fastest (-W -m 2),
+# $WRITE_REPS runs each, rotating which tool goes first; each glimpse output is checked once, untimed, with `qemu-img compare` against the
 # disk (and `qemu-img check` where the format has one). Then `glimpse info` against
 # `qemu-img info`.
 #
@@ -290,13 +290,13 @@ echo
 if [ "$DROP" = yes ]; then
 	echo "page cache dropped before every timed run (sources read from the disk); median of $REPS runs each, alternating;"
 	echo "'read' is the floor: the median time to read the source file alone (dd, 1 MiB blocks, cold);"
-	echo "'copy' the floor of reading it and writing its bytes to a file (cp, in the kernel: no user-space copy)"
+	echo "'copy' the floor of reading it and writing its bytes to a file (cp, in the kernel: no user-space copy);"
+	echo "every run waits ${SETTLE} s after the drop (see BENCH_SETTLE in this script)"
 else
 	echo "page cache NOT dropped (not root, or BENCH_CACHE=warm): both tools warmed once, then median of $REPS runs each, alternating"
 fi
 echo "convert -O raw (targets: ratio <= 0.80, glimpse peak RSS < 64 MiB)"
-echo "(best: the fastest run of each tool and their ratio, beside the medians the verdict is on;"
-echo " every run waits ${SETTLE} s after the drop, see BENCH_SETTLE in this script)"
+echo "(best: the fastest run of each tool and their ratio, beside the medians the verdict is on)"
 printf "%-12s %7s %7s %10s %10s %7s %14s %12s %12s %9s %9s  %s\n" source read/s copy/s qemu-img/s glimpse/s ratio "best g/q" "glimpse RSS" "qemu RSS" "qemu CPU" "glim CPU" verdict
 for s in $SOURCES; do
 	p=$(src_path "$s")
