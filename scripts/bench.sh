@@ -11,9 +11,9 @@
 # bytes to a file, all in the kernel), which no converter of an uncompressed source can beat.
 # Then the write side: from the same raw disk (and its qcow2), `glimpse convert -O FMT`
 # beside `qemu-img convert -O FMT` with its default flags and with its fastest (-W -m 2),
-# $WRITE_REPS runs each, rotating which tool goes first; each glimpse output is checked once, untimed, with `qemu-img compare` against the
-# disk (and `qemu-img check` where the format has one). Then `glimpse info` against
-# `qemu-img info`.
+# $WRITE_REPS runs each, rotating which tool goes first; each glimpse output is checked once,
+# untimed, with `qemu-img compare` against the disk (and `qemu-img check` where the format
+# has one). Then `glimpse info` against `qemu-img info`.
 #
 # Environment: BENCH_DIR (default /var/tmp/glimpse-bench), BENCH_PARTS (the parts to run,
 # default "read write info go"), REPS (5, read), WRITE_REPS (3, write), INFO_REPS (40),
